@@ -1,0 +1,102 @@
+"""The JWS request pipeline: every ACME POST passes here before a handler sees it.
+
+Each route declares how it is authenticated (`jwk`, `kid` or `any`); handlers receive a
+`VerifiedRequest` and never look at the raw body.
+"""
+from __future__ import annotations
+
+from collections import OrderedDict
+from dataclasses import dataclass
+from typing import Any
+
+from aiohttp import web
+
+from server.api.links import Links
+from server.api.nonces import NonceStore
+from server.errors import AcmeProblem, malformed, unauthorized
+from server.jws import (ParsedJWS, PublicKey, key_from_jwk, parse_jws, payload_json,
+                        verify_signature)
+from server.models import Account, Status
+from server.store.repo import Store
+
+JOSE_CONTENT_TYPE = "application/jose+json"
+
+
+@dataclass(frozen=True)
+class VerifiedRequest:
+    url: str
+    jws: ParsedJWS
+    key: PublicKey
+    account: Account | None  # set for kid-signed requests
+    jwk: dict[str, Any] | None  # set for jwk-signed requests
+
+    @property
+    def is_post_as_get(self) -> bool:
+        return self.jws.payload == b""
+
+    def payload(self) -> dict[str, Any]:
+        if self.is_post_as_get:
+            raise malformed("this request needs a JSON payload, not POST-as-GET")
+        return payload_json(self.jws)
+
+    def require_account(self) -> Account:
+        if self.account is None:
+            raise malformed("this request must be signed with the account key (kid)")
+        return self.account
+
+
+class RequestVerifier:
+    def __init__(self, store: Store, nonces: NonceStore, links: Links, *,
+                 key_cache_size: int = 10_000) -> None:
+        self.store, self.nonces, self.links = store, nonces, links
+        # account id -> (thumbprint, key): parsing a JWK costs more than verifying with it.
+        self._keys: OrderedDict[str, tuple[str, PublicKey]] = OrderedDict()
+        self._key_cache_size = key_cache_size
+
+    async def verify(self, request: web.Request, mode: str) -> VerifiedRequest:
+        ctype = request.headers.get("Content-Type", "").split(";")[0].strip().lower()
+        if ctype != JOSE_CONTENT_TYPE:
+            raise AcmeProblem("malformed", f"Content-Type must be {JOSE_CONTENT_TYPE}", status=415)
+        jws = parse_jws(await request.read())
+        prot = jws.protected
+        has_jwk, has_kid = "jwk" in prot, "kid" in prot
+        if has_jwk == has_kid:
+            raise malformed("the JWS protected header must carry exactly one of jwk and kid")
+        if mode == "jwk" and not has_jwk:
+            raise malformed("this resource must be signed with the key itself (jwk), not kid")
+        if mode == "kid" and not has_kid:
+            raise malformed("this resource must be signed by an account (kid), not jwk")
+
+        account: Account | None = None
+        jwk: dict[str, Any] | None = None
+        if has_jwk:
+            jwk = prot["jwk"]
+            key = key_from_jwk(jwk)
+        else:
+            account, key = self._account_key(prot["kid"])
+        verify_signature(jws, key)
+
+        nonce = prot.get("nonce")
+        if not isinstance(nonce, str) or not self.nonces.redeem(nonce):
+            raise AcmeProblem("badNonce", "the nonce is missing, used or expired; "
+                              "retry with the Replay-Nonce of this response")
+        url = self.links.base + request.rel_url.path_qs
+        if prot.get("url") != url:
+            raise unauthorized(f"the JWS url header {prot.get('url')!r} does not match the request "
+                               f"URL {url!r}")
+        return VerifiedRequest(url=url, jws=jws, key=key, account=account, jwk=jwk)
+
+    def _account_key(self, kid: Any) -> tuple[Account, PublicKey]:
+        account_id = self.links.account_id_from_url(kid) if isinstance(kid, str) else None
+        account = self.store.get_account(account_id) if account_id else None
+        if account is None:
+            raise AcmeProblem("accountDoesNotExist", f"no account at {kid!r}", status=400)
+        if account.status != Status.VALID:
+            raise unauthorized(f"the account is {account.status}")
+        cached = self._keys.get(account.id)
+        if cached is None or cached[0] != account.thumbprint:
+            cached = (account.thumbprint, key_from_jwk(account.jwk))
+            self._keys[account.id] = cached
+            while len(self._keys) > self._key_cache_size:
+                self._keys.popitem(last=False)
+        return account, cached[1]

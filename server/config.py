@@ -1,0 +1,343 @@
+"""Server configuration: TOML in, frozen dataclasses out, validated once at start.
+
+This is the only module that reads configuration files. A bad file stops start-up with
+the file, the key and the reason (`ConfigError`). Relative paths inside a file resolve
+against that file's folder, so `conf/server.toml` works from any working directory.
+"""
+from __future__ import annotations
+
+import re
+import tomllib
+from dataclasses import dataclass, field, replace
+from datetime import timedelta
+from pathlib import Path
+from typing import Any, Mapping
+
+from server.va.resolve import ValidationSettings
+
+KEY_TYPES = ("ec-p256", "ec-p384", "rsa-2048", "rsa-3072", "rsa-4096", "ed25519")
+DEFAULT_CONFIG = Path(__file__).resolve().parent.parent / "conf" / "server.toml"
+# Names that can never be public: a private CA must not mint names the Web PKI owns.
+NEVER_PUBLIC_SUFFIXES = (".internal", ".test", ".home.arpa", ".local")
+
+
+class ConfigError(Exception):
+    def __init__(self, source: str, key: str, reason: str) -> None:
+        super().__init__(f"{source}: {key}: {reason}")
+
+
+@dataclass(frozen=True)
+class Profile:
+    name: str
+    description: str
+    lifetime: timedelta
+
+
+@dataclass(frozen=True)
+class IdentifierPolicy:
+    dns_suffixes: tuple[str, ...] = NEVER_PUBLIC_SUFFIXES
+    dns_patterns: tuple[str, ...] = ()
+    allow_ip: bool = False
+    allow_wildcard: bool = False
+    max_identifiers: int = 100
+
+
+@dataclass(frozen=True)
+class RateLimit:
+    """`count` events per `period`; count 0 switches the limit off."""
+
+    count: int
+    period: timedelta
+
+    @property
+    def enabled(self) -> bool:
+        return self.count > 0
+
+
+@dataclass(frozen=True)
+class RateLimits:
+    new_account_per_ip: RateLimit = RateLimit(300, timedelta(hours=1))
+    new_order_per_account: RateLimit = RateLimit(3000, timedelta(hours=1))
+    requests_per_ip: RateLimit = RateLimit(0, timedelta(seconds=1))
+
+
+@dataclass(frozen=True)
+class AcmeSettings:
+    terms_of_service: str | None = None
+    website: str | None = None
+    eab: str = "off"  # off | optional | required
+    nonce_ttl: timedelta = timedelta(minutes=5)
+    max_nonces: int = 200_000
+    max_body_bytes: int = 64 * 1024
+    order_ttl: timedelta = timedelta(days=1)
+    authz_ttl: timedelta = timedelta(days=1)
+    authz_reuse: timedelta = timedelta(hours=8)  # 0: never reuse valid authorizations
+    max_validity: timedelta = timedelta(days=7)  # newOrder notBefore/notAfter window bound
+    backdate: timedelta = timedelta(minutes=1)
+    retry_after_seconds: int = 1
+    allowed_keys: tuple[str, ...] = KEY_TYPES
+    allowed_contact_schemes: tuple[str, ...] = ("mailto",)
+
+
+@dataclass(frozen=True)
+class ServerConfig:
+    source: str
+    listen_host: str = "127.0.0.1"
+    listen_port: int = 14000
+    data_dir: Path = Path("data")
+    base_url: str | None = None  # default: https://<listen>
+    tls_names: tuple[str, ...] = ("localhost", "127.0.0.1")
+    ca_key_type: str = "ec-p256"
+    ca_common_name: str = "nodetrust"
+    store_synchronous: str = "full"  # full: every commit reaches the disk before we answer
+    acme: AcmeSettings = AcmeSettings()
+    identifiers: IdentifierPolicy = IdentifierPolicy()
+    profiles: Mapping[str, Profile] = field(default_factory=lambda: {
+        "default": Profile("default", "Operational certificate, 24 hours", timedelta(hours=24)),
+    })
+    default_profile: str = "default"
+    validation: ValidationSettings = ValidationSettings()
+    rate_limits: RateLimits = RateLimits()
+
+    @property
+    def url(self) -> str:
+        if self.base_url:
+            return self.base_url.rstrip("/")
+        host = f"[{self.listen_host}]" if ":" in self.listen_host else self.listen_host
+        return f"https://{host}:{self.listen_port}"
+
+    @property
+    def db_path(self) -> Path:
+        return self.data_dir / "nodetrust.db"
+
+    @property
+    def ca_dir(self) -> Path:
+        return self.data_dir / "ca"
+
+    def with_overrides(self, *, data_dir: Path | None = None, listen: str | None = None) -> ServerConfig:
+        cfg = self
+        if data_dir is not None:
+            cfg = replace(cfg, data_dir=data_dir.resolve())
+        if listen is not None:
+            host, port = parse_listen(listen, "--listen")
+            cfg = replace(cfg, listen_host=host, listen_port=port)
+        return cfg
+
+
+_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)\s*$")
+_UNITS = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+def parse_duration(value: Any, key: str, source: str = "config") -> timedelta:
+    """'90s', '5m', '24h', '7d', or a number of seconds."""
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        return timedelta(seconds=value)
+    if isinstance(value, str) and (m := _DURATION.match(value)):
+        return timedelta(seconds=float(m.group(1)) * _UNITS[m.group(2)])
+    raise ConfigError(source, key, f"expected a duration such as '90s', '5m', '24h', got {value!r}")
+
+
+def parse_listen(value: str, key: str, source: str = "config") -> tuple[str, int]:
+    host, sep, port = value.rpartition(":")
+    if not sep or not port.isdigit() or not 0 < int(port) < 65536:
+        raise ConfigError(source, key, f"expected HOST:PORT, got {value!r}")
+    return host.strip("[]") or "127.0.0.1", int(port)
+
+
+class _Section:
+    """Typed access to one TOML table that reports unknown keys and wrong types."""
+
+    def __init__(self, data: Mapping[str, Any], path: str, source: str) -> None:
+        if not isinstance(data, Mapping):
+            raise ConfigError(source, path, "expected a table")
+        self.data, self.path, self.source = data, path, source
+        self.used: set[str] = set()
+
+    def key(self, name: str) -> str:
+        return f"{self.path}.{name}" if self.path else name
+
+    def get(self, name: str, kind: type | tuple[type, ...], default: Any) -> Any:
+        self.used.add(name)
+        if name not in self.data:
+            return default
+        value = self.data[name]
+        if not isinstance(value, kind) or (isinstance(value, bool) and kind in (int, float)):
+            raise ConfigError(self.source, self.key(name), f"expected {_kind_name(kind)}, got {value!r}")
+        return value
+
+    def duration(self, name: str, default: timedelta) -> timedelta:
+        self.used.add(name)
+        if name not in self.data:
+            return default
+        return parse_duration(self.data[name], self.key(name), self.source)
+
+    def table(self, name: str) -> _Section:
+        self.used.add(name)
+        return _Section(self.data.get(name, {}), self.key(name), self.source)
+
+    def done(self) -> None:
+        unknown = sorted(set(self.data) - self.used)
+        if unknown:
+            raise ConfigError(self.source, self.key(unknown[0]), "unknown key (typo?)")
+
+
+def _kind_name(kind: type | tuple[type, ...]) -> str:
+    kinds = kind if isinstance(kind, tuple) else (kind,)
+    return " or ".join({"str": "a string", "int": "an integer", "bool": "true/false",
+                        "list": "a list", "dict": "a table", "float": "a number"}.get(k.__name__, k.__name__)
+                       for k in kinds)
+
+
+def _rate(sec: _Section, name: str, default: RateLimit) -> RateLimit:
+    """'300/1h' style rate limits; 0 switches the limit off."""
+    raw = sec.get(name, (str, int), None)
+    if raw is None:
+        return default
+    if raw == 0:
+        return RateLimit(0, default.period)
+    m = re.match(r"^\s*(\d+)\s*/\s*(\S+)\s*$", str(raw))
+    if not m:
+        raise ConfigError(sec.source, sec.key(name), f"expected COUNT/PERIOD such as '300/1h', got {raw!r}")
+    return RateLimit(int(m.group(1)), parse_duration(m.group(2), sec.key(name), sec.source))
+
+
+def load_config(path: Path | None = None) -> ServerConfig:
+    path = (path or DEFAULT_CONFIG).resolve()
+    source = str(path)
+    try:
+        raw = tomllib.loads(path.read_text())
+    except FileNotFoundError:
+        raise ConfigError(source, "-", "file not found") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(source, "-", f"not valid TOML: {exc}") from None
+    return parse_config(raw, source, path.parent)
+
+
+def parse_config(raw: Mapping[str, Any], source: str, base_dir: Path) -> ServerConfig:
+    root = _Section(raw, "", source)
+    d = ServerConfig(source=source)
+
+    srv = root.table("server")
+    host, port = parse_listen(srv.get("listen", str, f"{d.listen_host}:{d.listen_port}"),
+                              srv.key("listen"), source)
+    data_dir = (base_dir / srv.get("data_dir", str, str(d.data_dir))).resolve()
+    base_url = srv.get("base_url", str, "") or None
+    tls_names = tuple(srv.get("tls_names", list, list(d.tls_names)))
+    srv.done()
+
+    ca = root.table("ca")
+    ca_key_type = ca.get("key_type", str, d.ca_key_type)
+    if ca_key_type not in KEY_TYPES:
+        raise ConfigError(source, ca.key("key_type"), f"must be one of {', '.join(KEY_TYPES)}")
+    ca_cn = ca.get("common_name", str, d.ca_common_name)
+    ca.done()
+
+    st = root.table("store")
+    sync = st.get("synchronous", str, d.store_synchronous).lower()
+    if sync not in ("full", "normal"):
+        raise ConfigError(source, st.key("synchronous"), "must be 'full' or 'normal'")
+    st.done()
+
+    acme = _parse_acme(root.table("acme"), d.acme)
+    idents = _parse_identifiers(root.table("identifiers"), d.identifiers)
+    profiles, default_profile = _parse_profiles(root.table("profiles"), d, source)
+    validation = _parse_validation(root.table("validation"), d.validation)
+
+    rl = root.table("rate_limits")
+    rate_limits = RateLimits(
+        new_account_per_ip=_rate(rl, "new_account_per_ip", d.rate_limits.new_account_per_ip),
+        new_order_per_account=_rate(rl, "new_order_per_account", d.rate_limits.new_order_per_account),
+        requests_per_ip=_rate(rl, "requests_per_ip", d.rate_limits.requests_per_ip),
+    )
+    rl.done()
+    root.done()
+    return ServerConfig(
+        source=source, listen_host=host, listen_port=port, data_dir=data_dir, base_url=base_url,
+        tls_names=tls_names, ca_key_type=ca_key_type, ca_common_name=ca_cn, store_synchronous=sync,
+        acme=acme, identifiers=idents, profiles=profiles, default_profile=default_profile,
+        validation=validation, rate_limits=rate_limits,
+    )
+
+
+def _parse_acme(sec: _Section, d: AcmeSettings) -> AcmeSettings:
+    eab = sec.get("external_account_binding", str, d.eab)
+    if eab not in ("off", "optional", "required"):
+        raise ConfigError(sec.source, sec.key("external_account_binding"),
+                          "must be 'off', 'optional' or 'required'")
+    keys = tuple(sec.get("allowed_keys", list, list(d.allowed_keys)))
+    for k in keys:
+        if k not in KEY_TYPES:
+            raise ConfigError(sec.source, sec.key("allowed_keys"), f"{k!r} is not one of {', '.join(KEY_TYPES)}")
+    out = AcmeSettings(
+        terms_of_service=sec.get("terms_of_service", str, "") or None,
+        website=sec.get("website", str, "") or None,
+        eab=eab,
+        nonce_ttl=sec.duration("nonce_ttl", d.nonce_ttl),
+        max_nonces=sec.get("max_nonces", int, d.max_nonces),
+        max_body_bytes=sec.get("max_body_bytes", int, d.max_body_bytes),
+        order_ttl=sec.duration("order_ttl", d.order_ttl),
+        authz_ttl=sec.duration("authz_ttl", d.authz_ttl),
+        authz_reuse=sec.duration("authz_reuse", d.authz_reuse),
+        max_validity=sec.duration("max_validity", d.max_validity),
+        backdate=sec.duration("backdate", d.backdate),
+        retry_after_seconds=sec.get("retry_after_seconds", int, d.retry_after_seconds),
+        allowed_keys=keys,
+        allowed_contact_schemes=tuple(sec.get("allowed_contact_schemes", list,
+                                              list(d.allowed_contact_schemes))),
+    )
+    sec.done()
+    return out
+
+
+def _parse_identifiers(sec: _Section, d: IdentifierPolicy) -> IdentifierPolicy:
+    suffixes = []
+    for s in sec.get("dns_suffixes", list, list(d.dns_suffixes)):
+        if not isinstance(s, str) or not s.strip("."):
+            raise ConfigError(sec.source, sec.key("dns_suffixes"), f"bad suffix {s!r}")
+        suffixes.append("." + s.lower().strip("."))
+    out = IdentifierPolicy(
+        dns_suffixes=tuple(suffixes),
+        dns_patterns=tuple(p.lower() for p in sec.get("dns_patterns", list, list(d.dns_patterns))),
+        allow_ip=sec.get("allow_ip", bool, d.allow_ip),
+        allow_wildcard=sec.get("allow_wildcard", bool, d.allow_wildcard),
+        max_identifiers=sec.get("max_identifiers", int, d.max_identifiers),
+    )
+    sec.done()
+    return out
+
+
+def _parse_profiles(sec: _Section, d: ServerConfig, source: str) -> tuple[dict[str, Profile], str]:
+    default_name = sec.get("default", str, d.default_profile)
+    profiles: dict[str, Profile] = {}
+    for name, body in sec.data.items():
+        if name == "default" and isinstance(body, str):
+            continue
+        p = _Section(body, sec.key(name), source)
+        lifetime = p.duration("lifetime", timedelta(hours=24))
+        if lifetime <= timedelta(0):
+            raise ConfigError(source, p.key("lifetime"), "must be positive")
+        profiles[name] = Profile(name, p.get("description", str, name), lifetime)
+        p.done()
+        sec.used.add(name)
+    if not profiles:
+        profiles = dict(d.profiles)
+    if default_name not in profiles:
+        raise ConfigError(source, sec.key("default"), f"no profile named {default_name!r}")
+    sec.done()
+    return profiles, default_name
+
+
+def _parse_validation(sec: _Section, d: ValidationSettings) -> ValidationSettings:
+    hosts = sec.get("hosts", dict, dict(d.hosts))
+    for name, addr in hosts.items():
+        if not isinstance(addr, str):
+            raise ConfigError(sec.source, sec.key(f"hosts.{name}"), "expected an address string")
+    out = ValidationSettings(
+        http_port=sec.get("http_port", int, d.http_port),
+        tls_port=sec.get("tls_port", int, d.tls_port),
+        timeout=sec.duration("timeout", timedelta(seconds=d.timeout)).total_seconds(),
+        hosts={k.lower(): v for k, v in hosts.items()},
+        dns_server=sec.get("dns_server", str, "") or None,
+    )
+    sec.done()
+    return out

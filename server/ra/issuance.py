@@ -1,0 +1,102 @@
+"""Finalize (RFC 8555 §7.4): check the CSR against the order and policy, have the CA
+sign, store certificate and order state in one transaction.
+
+The order moves to `processing` (with its CSR) in its own commit before signing, so a
+crash between the two is finished by `resume()` on the next start: no order is left
+half-done and no certificate is issued twice.
+"""
+from __future__ import annotations
+
+import ipaddress
+import logging
+from typing import Any
+
+from cryptography import x509
+
+from server.ca import IssuedCertificate
+from server.csr import check_csr
+from server.errors import AcmeProblem, malformed
+from server.jws import b64d, jwk_of_public_key, thumbprint
+from server.models import Account, Certificate, Order, Status
+from server.ra.ari import cert_id
+from server.ra.deps import Deps
+
+log = logging.getLogger("nodetrust.ra")
+
+
+def serial_hex(serial: int) -> str:
+    return format(serial, "x")
+
+
+class IssuanceService:
+    def __init__(self, deps: Deps, crl_url: str | None = None) -> None:
+        self.d = deps
+        self.crl_url = crl_url
+
+    def finalize(self, account: Account, order: Order, payload: dict[str, Any]) -> Order:
+        if order.status != Status.READY:
+            raise AcmeProblem("orderNotReady", f"the order is {order.status}, not ready: "
+                              "finalize after every authorization is valid", status=403)
+        csr_b64 = payload.get("csr")
+        if not isinstance(csr_b64, str):
+            raise malformed("finalize needs a csr (base64url DER)")
+        csr_der = b64d(csr_b64, "csr")
+        self._check(account, order, csr_der)
+        if not self.d.store.set_order_status(order.id, Status.PROCESSING, expect=Status.READY,
+                                             csr_der=csr_der):
+            raise AcmeProblem("orderNotReady", "the order is being finalized already", status=403)
+        return self._issue(order, csr_der)
+
+    def _check(self, account: Account, order: Order, csr_der: bytes) -> None:
+        checked = check_csr(csr_der, allowed_keys=self.d.cfg.acme.allowed_keys)
+        if checked.identifiers != order.identifiers:
+            want = ", ".join(i.value for i in order.identifiers)
+            got = ", ".join(i.value for i in checked.identifiers) or "(none)"
+            raise AcmeProblem("badCSR", f"CSR names ({got}) must be exactly the order's "
+                              f"identifiers ({want})")
+        if self.d.store.is_account_key(thumbprint(jwk_of_public_key(checked.public_key))):
+            raise AcmeProblem("badCSR", "the CSR key is an ACME account key; use a separate key")
+        if self.d.store.key_in_use(checked.key_fingerprint):
+            raise AcmeProblem("badCSR", "the CSR key was certified before; every certificate "
+                              "needs a fresh key (reused keys are refused)")
+
+    def _issue(self, order: Order, csr_der: bytes) -> Order:
+        checked = check_csr(csr_der, allowed_keys=self.d.cfg.acme.allowed_keys)
+        now = self.d.now()
+        lifetime = self.d.cfg.profiles[order.profile].lifetime
+        not_before = order.not_before or (now - self.d.cfg.acme.backdate)
+        not_after = order.not_after or (not_before + lifetime)
+        issued: IssuedCertificate = self.d.ca.issue(
+            checked.public_key,
+            dns_names=[i.value for i in order.identifiers if i.type == "dns"],
+            ip_addresses=[ipaddress.ip_address(i.value) for i in order.identifiers if i.type == "ip"],
+            not_before=not_before, not_after=not_after, crl_url=self.crl_url)
+        leaf = x509.load_der_x509_certificate(issued.der)
+        cert = Certificate(serial=serial_hex(issued.serial), account_id=order.account_id,
+                           order_id=order.id, chain_pem=issued.chain_pem.decode(),
+                           not_before=issued.not_before, not_after=issued.not_after,
+                           identifiers=order.identifiers, key_fingerprint=checked.key_fingerprint,
+                           ari_id=cert_id(leaf))
+        if not self.d.store.complete_order(order.id, cert):
+            raise AcmeProblem("orderNotReady", "the order changed while it was being finalized")
+        log.info("issued %s for %s (order %s, profile %s)", cert.serial,
+                 ",".join(i.value for i in order.identifiers), order.id, order.profile)
+        done = self.d.store.get_order(order.id)
+        assert done is not None
+        return done
+
+    def resume(self) -> int:
+        """Finish orders a crash left in `processing`."""
+        n = 0
+        for order in self.d.store.orders_processing():
+            if order.csr_der is None:
+                self.d.store.set_order_status(order.id, Status.INVALID, expect=Status.PROCESSING,
+                                              error={"type": "urn:ietf:params:acme:error:serverInternal",
+                                                     "detail": "finalize was interrupted"})
+                continue
+            try:
+                self._issue(order, order.csr_der)
+                n += 1
+            except AcmeProblem as p:
+                log.error("could not finish order %s after restart: %s", order.id, p)
+        return n

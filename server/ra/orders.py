@@ -1,0 +1,247 @@
+"""Orders, authorizations and challenges (RFC 8555 §7.4, §7.5): the state machine.
+
+Order status is derived from its authorizations when read (as Boulder does) and the
+change is written back with compare-and-set, so concurrent readers never race a
+validation into an inconsistent state.
+"""
+from __future__ import annotations
+
+import asyncio
+import logging
+import secrets
+from datetime import datetime, timedelta
+from typing import Any
+
+from server.errors import AcmeProblem, ValidationFailure, malformed, unauthorized
+from server.jws import b64e
+from server.models import Account, Authorization, Challenge, Identifier, Order, Status
+from server.policy import check_identifiers
+from server.ra.ari import parse_cert_id
+from server.ra.deps import Deps, new_id
+from server.va.registry import ChallengeValidators
+
+log = logging.getLogger("nodetrust.ra")
+
+_FAILED_AUTHZ = (Status.INVALID, Status.DEACTIVATED, Status.REVOKED, Status.EXPIRED)
+
+
+def parse_time(value: Any, name: str) -> datetime | None:
+    if value is None:
+        return None
+    if not isinstance(value, str):
+        raise malformed(f"{name} must be an RFC 3339 timestamp")
+    try:
+        dt = datetime.fromisoformat(value.replace("Z", "+00:00"))
+    except ValueError:
+        raise malformed(f"{name} {value!r} is not an RFC 3339 timestamp") from None
+    if dt.tzinfo is None:
+        raise malformed(f"{name} must carry a time zone")
+    return dt
+
+
+class OrderService:
+    def __init__(self, deps: Deps, validators: ChallengeValidators) -> None:
+        self.d = deps
+        self.validators = validators
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    # -- newOrder --------------------------------------------------------------------
+    def new_order(self, account: Account, payload: dict[str, Any]) -> Order:
+        cfg, now = self.d.cfg, self.d.now()
+        raw = payload.get("identifiers")
+        if not isinstance(raw, list) or not all(
+                isinstance(i, dict) and isinstance(i.get("type"), str) and isinstance(i.get("value"), str)
+                for i in raw):
+            raise malformed("identifiers must be a list of {type, value} objects")
+        idents = check_identifiers([Identifier(i["type"], i["value"]) for i in raw], cfg.identifiers)
+
+        profile = payload.get("profile", cfg.default_profile)
+        if not isinstance(profile, str) or profile not in cfg.profiles:
+            raise AcmeProblem("invalidProfile", f"unknown profile {profile!r}; this server offers "
+                              f"{', '.join(sorted(cfg.profiles))}")
+        lifetime = cfg.profiles[profile].lifetime
+        not_before = parse_time(payload.get("notBefore"), "notBefore")
+        not_after = parse_time(payload.get("notAfter"), "notAfter")
+        if not_before and not_before > now + cfg.acme.max_validity:
+            raise malformed(f"notBefore is more than {cfg.acme.max_validity} ahead "
+                            "(rule acme.max_validity)")
+        if not_after:
+            start = not_before or now
+            if not_after <= start:
+                raise malformed("notAfter must be later than notBefore and now")
+            if not_after - start > lifetime:
+                raise malformed(f"notAfter asks for more than the {lifetime} lifetime of profile "
+                                f"{profile!r} (rule profiles.{profile}.lifetime)")
+        replaces = self._check_replaces(account, payload.get("replaces"), idents)
+
+        authz_ids: list[str] = []
+        new_authzs: list[Authorization] = []
+        reuse_until = now + timedelta(minutes=5)
+        authz_expires = now + cfg.acme.authz_ttl
+        order_expires = now + cfg.acme.order_ttl
+        for ident in idents:
+            found = None
+            if cfg.acme.authz_reuse > timedelta(0):
+                found = self.d.store.find_reusable_authz(account.id, ident, valid_after=reuse_until)
+            if found is not None:
+                authz_ids.append(found.id)
+                order_expires = min(order_expires, found.expires)
+                continue
+            authz = self._new_authz(account.id, ident, authz_expires)
+            new_authzs.append(authz)
+            authz_ids.append(authz.id)
+        order = Order(id=new_id(), account_id=account.id, status=Status.PENDING, identifiers=idents,
+                      authz_ids=authz_ids, expires=min(order_expires, authz_expires), profile=profile,
+                      not_before=not_before, not_after=not_after, replaces=replaces, created_at=now)
+        self.d.store.insert_order(order, new_authzs)
+        return self.refresh(order)
+
+    def _new_authz(self, account_id: str, ident: Identifier, expires: datetime) -> Authorization:
+        authz_id = new_id()
+        wildcard = ident.type == "dns" and ident.value.startswith("*.")
+        types = self.validators.types_for(ident.type)
+        if wildcard:  # §7.1.3: wildcards prove control through DNS only
+            types = [t for t in types if t == "dns-01"]
+        if not types:
+            raise AcmeProblem("unsupportedIdentifier",
+                              f"no challenge can validate {ident.type} identifier {ident.value!r}")
+        challenges = [Challenge(id=new_id(), authz_id=authz_id, type=t,
+                                token=b64e(secrets.token_bytes(32)), status=Status.PENDING)
+                      for t in types]
+        value = ident.value[2:] if wildcard else ident.value
+        return Authorization(id=authz_id, account_id=account_id,
+                             identifier=Identifier(ident.type, value), status=Status.PENDING,
+                             expires=expires, wildcard=wildcard, challenges=challenges)
+
+    def _check_replaces(self, account: Account, replaces: Any,
+                        idents: list[Identifier]) -> str | None:
+        """RFC 9773 §5: `replaces` names a certificate this account may renew."""
+        if replaces is None:
+            return None
+        if not isinstance(replaces, str):
+            raise malformed("replaces must be an ARI certificate identifier string")
+        parse_cert_id(replaces)
+        cert = self.d.store.get_certificate_by_ari_id(replaces)
+        if cert is None:
+            raise malformed(f"replaces names unknown certificate {replaces!r}")
+        if cert.account_id != account.id and not set(cert.identifiers) & set(idents):
+            raise unauthorized("replaces names a certificate of another account with no "
+                               "identifier in common")
+        if self.d.store.order_replacing(replaces) is not None:
+            raise AcmeProblem("alreadyReplaced", f"certificate {replaces} is already being replaced "
+                              "by another order", status=409)
+        return replaces
+
+    # -- reads -----------------------------------------------------------------------
+    def get_order(self, account: Account, order_id: str) -> Order:
+        order = self.d.store.get_order(order_id)
+        if order is None or order.account_id != account.id:
+            raise AcmeProblem("malformed", "no such order", status=404)
+        return self.refresh(order)
+
+    def refresh(self, order: Order) -> Order:
+        """Derive pending/ready/invalid from the authorizations and expiry; persist changes."""
+        now = self.d.now()
+        if order.status not in (Status.PENDING, Status.READY):
+            return order
+        new_status, error = order.status, None
+        if order.expires <= now:
+            new_status, error = Status.INVALID, {"type": "urn:ietf:params:acme:error:malformed",
+                                                 "detail": "order expired before it was finalized"}
+        elif order.status == Status.PENDING:
+            authzs = self.d.store.get_authzs(order.authz_ids)
+            failed = [a for a in authzs if a.status in _FAILED_AUTHZ or a.expires <= now]
+            if failed:
+                new_status = Status.INVALID
+                error = next((c.error for a in failed for c in a.challenges if c.error), None) or {
+                    "type": "urn:ietf:params:acme:error:unauthorized",
+                    "detail": f"authorization for {failed[0].identifier.value} is {failed[0].status}"}
+            elif len(authzs) == len(order.authz_ids) and all(a.status == Status.VALID for a in authzs):
+                new_status = Status.READY
+        if new_status != order.status:
+            if self.d.store.set_order_status(order.id, new_status, expect=order.status, error=error):
+                order.status, order.error = new_status, error
+            else:
+                fresh = self.d.store.get_order(order.id)
+                assert fresh is not None
+                return fresh
+        return order
+
+    def authz_for(self, account: Account, authz_id: str) -> Authorization:
+        authz = self.d.store.get_authz(authz_id)
+        if authz is None or authz.account_id != account.id:
+            raise AcmeProblem("malformed", "no such authorization", status=404)
+        if authz.status in (Status.PENDING, Status.VALID) and authz.expires <= self.d.now():
+            authz.status = Status.EXPIRED
+        return authz
+
+    def deactivate_authz(self, account: Account, authz_id: str) -> Authorization:
+        authz = self.authz_for(account, authz_id)
+        if authz.status not in (Status.PENDING, Status.VALID):
+            raise malformed(f"an authorization in state {authz.status} cannot be deactivated")
+        self.d.store.set_authz_status(authz.id, Status.DEACTIVATED, expect=authz.status)
+        return self.authz_for(account, authz_id)
+
+    def challenge_for(self, account: Account, challenge_id: str) -> tuple[Challenge, Authorization]:
+        authz_id = self.d.store.authz_id_of_challenge(challenge_id)
+        authz = self.authz_for(account, authz_id) if authz_id else None
+        chall = next((c for c in authz.challenges if c.id == challenge_id), None) if authz else None
+        if chall is None or authz is None:
+            raise AcmeProblem("malformed", "no such challenge", status=404)
+        return chall, authz
+
+    # -- validation ------------------------------------------------------------------
+    def respond(self, account: Account, challenge_id: str) -> tuple[Challenge, Authorization]:
+        """The client says it is ready: validate in the background (§7.5.1)."""
+        chall, authz = self.challenge_for(account, challenge_id)
+        if authz.status == Status.EXPIRED:
+            raise malformed("the authorization has expired")
+        if chall.status == Status.PENDING and authz.status == Status.PENDING:
+            if self.d.store.start_challenge(chall.id):
+                chall.status = Status.PROCESSING
+                self._spawn(chall, authz, account.thumbprint)
+        return chall, authz
+
+    def _spawn(self, chall: Challenge, authz: Authorization, account_thumbprint: str) -> None:
+        task = asyncio.get_running_loop().create_task(
+            self._validate(chall, authz, f"{chall.token}.{account_thumbprint}"))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _validate(self, chall: Challenge, authz: Authorization, key_authz: str) -> None:
+        ident = authz.identifier
+        error: dict[str, Any] | None = None
+        try:
+            await asyncio.wait_for(
+                self.validators.validate(chall.type, ident.type, ident.value, chall.token, key_authz),
+                timeout=self.d.cfg.validation.timeout + 1)
+        except ValidationFailure as f:
+            error = f.to_json()
+        except asyncio.TimeoutError:
+            error = ValidationFailure("connection", f"validation of {ident.value} timed out").to_json()
+        except asyncio.CancelledError:
+            return  # shutting down: the challenge stays processing and resumes on restart
+        except Exception:  # a validator bug must not leave the challenge processing forever
+            log.exception("validator %s crashed", chall.type)
+            error = ValidationFailure("serverInternal", "validation failed internally").to_json()
+        if error:
+            error["identifier"] = ident.to_json()
+        self.d.store.finish_challenge(chall.id, authz.id, valid=error is None, when=self.d.now(),
+                                      error=error)
+        log.info("challenge %s %s for %s: %s", chall.id, chall.type, ident.value,
+                 "valid" if error is None else f"invalid ({error['detail']})")
+
+    def resume(self) -> int:
+        """After a restart, validate again what was in flight."""
+        n = 0
+        for chall, authz in self.d.store.challenges_processing():
+            acct = self.d.store.get_account(authz.account_id)
+            if acct is not None:
+                self._spawn(chall, authz, acct.thumbprint)
+                n += 1
+        return n
+
+    async def close(self) -> None:
+        for task in list(self._tasks):
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)

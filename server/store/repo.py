@@ -1,0 +1,376 @@
+"""The store: typed methods in, models out. The only module that writes SQL.
+
+One SQLite file in WAL mode. Every state change is one transaction, so a crash (kill -9)
+at any point leaves each object either before or after the change, never half-written.
+With `synchronous=full` (the default) a commit is on disk before the caller answers.
+"""
+from __future__ import annotations
+
+import json
+import sqlite3
+from datetime import datetime
+from pathlib import Path
+from typing import Any, Iterable, Iterator
+
+import sqlite_utils
+
+from server.models import (Account, Authorization, Certificate, Challenge, EabKey, Identifier,
+                           Order, Status)
+from server.store.schema import migrate
+
+
+def _ts(dt: datetime | None) -> str | None:
+    return dt.isoformat() if dt is not None else None
+
+
+def _dt(value: str | None) -> datetime | None:
+    return datetime.fromisoformat(value) if value else None
+
+
+def _idents(raw: str) -> list[Identifier]:
+    return [Identifier(i["type"], i["value"]) for i in json.loads(raw)]
+
+
+def _idents_json(idents: Iterable[Identifier]) -> str:
+    return json.dumps([i.to_json() for i in idents])
+
+
+class Store:
+    def __init__(self, path: Path, *, synchronous: str = "full") -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        conn = sqlite3.connect(str(path), isolation_level=None, check_same_thread=False)
+        conn.row_factory = sqlite3.Row
+        self.db = sqlite_utils.Database(conn)
+        self.db.enable_wal()
+        self.db.execute(f"PRAGMA synchronous={'FULL' if synchronous == 'full' else 'NORMAL'}")
+        self.db.execute("PRAGMA foreign_keys=ON")
+        self.db.execute("PRAGMA busy_timeout=5000")
+        self.conn = conn
+        # isolation_level=None: we open transactions ourselves, so one `with self._tx()`
+        # is exactly one commit.
+        self.schema_version = self._migrate()
+
+    def _migrate(self) -> int:
+        self.conn.isolation_level = ""  # sqlite-utils DDL inside `with conn:` transactions
+        try:
+            return migrate(self.db)
+        finally:
+            self.conn.isolation_level = None
+
+    def close(self) -> None:
+        self.conn.close()
+
+    class _Tx:
+        def __init__(self, conn: sqlite3.Connection) -> None:
+            self.conn = conn
+
+        def __enter__(self) -> sqlite3.Connection:
+            self.conn.execute("BEGIN IMMEDIATE")
+            return self.conn
+
+        def __exit__(self, exc_type: Any, *_: Any) -> None:
+            self.conn.execute("ROLLBACK" if exc_type else "COMMIT")
+
+    def _tx(self) -> Store._Tx:
+        return Store._Tx(self.conn)
+
+    def _one(self, sql: str, params: Iterable[Any] = ()) -> sqlite3.Row | None:
+        row: sqlite3.Row | None = self.conn.execute(sql, tuple(params)).fetchone()
+        return row
+
+    # -- accounts -----------------------------------------------------------------
+    @staticmethod
+    def _account(row: sqlite3.Row) -> Account:
+        return Account(id=row["id"], thumbprint=row["thumbprint"], jwk=json.loads(row["jwk"]),
+                       status=row["status"], contact=json.loads(row["contact"]),
+                       created_at=_dt(row["created_at"]),  # type: ignore[arg-type]
+                       tos_agreed=bool(row["tos_agreed"]), eab_kid=row["eab_kid"])
+
+    def get_account(self, account_id: str) -> Account | None:
+        row = self._one("SELECT * FROM accounts WHERE id = ?", [account_id])
+        return self._account(row) if row else None
+
+    def get_account_by_thumbprint(self, thumbprint: str) -> Account | None:
+        row = self._one("SELECT * FROM accounts WHERE thumbprint = ?", [thumbprint])
+        return self._account(row) if row else None
+
+    def insert_account(self, acct: Account) -> bool:
+        """False when the key already has an account (a concurrent newAccount won) or the
+        EAB key was already bound."""
+        try:
+            with self._tx() as c:
+                if acct.eab_kid is not None:
+                    bound = c.execute("UPDATE eab_keys SET account_id = ? WHERE kid = ? "
+                                      "AND account_id IS NULL AND revoked = 0",
+                                      (acct.id, acct.eab_kid)).rowcount
+                    if bound != 1:
+                        raise _Conflict()
+                c.execute("INSERT INTO accounts (id, thumbprint, jwk, status, contact, tos_agreed, "
+                          "eab_kid, created_at) VALUES (?,?,?,?,?,?,?,?)",
+                          (acct.id, acct.thumbprint, json.dumps(acct.jwk), acct.status,
+                           json.dumps(acct.contact), int(acct.tos_agreed), acct.eab_kid,
+                           _ts(acct.created_at)))
+        except (_Conflict, sqlite3.IntegrityError):
+            return False
+        return True
+
+    def update_account(self, account_id: str, *, contact: list[str] | None = None,
+                       status: str | None = None) -> None:
+        with self._tx() as c:
+            if contact is not None:
+                c.execute("UPDATE accounts SET contact = ? WHERE id = ?", (json.dumps(contact), account_id))
+            if status is not None:
+                c.execute("UPDATE accounts SET status = ? WHERE id = ?", (status, account_id))
+                if status == Status.DEACTIVATED:
+                    # §7.3.6: pending authorizations of a deactivated account go too.
+                    c.execute("UPDATE authzs SET status = ? WHERE account_id = ? AND status = ?",
+                              (Status.DEACTIVATED, account_id, Status.PENDING))
+
+    def change_account_key(self, account_id: str, jwk: dict[str, Any], thumbprint: str) -> bool:
+        try:
+            with self._tx() as c:
+                c.execute("UPDATE accounts SET jwk = ?, thumbprint = ? WHERE id = ?",
+                          (json.dumps(jwk), thumbprint, account_id))
+        except sqlite3.IntegrityError:
+            return False
+        return True
+
+    # -- orders and authorizations ---------------------------------------------------
+    @staticmethod
+    def _order(row: sqlite3.Row) -> Order:
+        return Order(id=row["id"], account_id=row["account_id"], status=row["status"],
+                     identifiers=_idents(row["identifiers"]), authz_ids=json.loads(row["authz_ids"]),
+                     expires=_dt(row["expires"]),  # type: ignore[arg-type]
+                     profile=row["profile"], not_before=_dt(row["not_before"]),
+                     not_after=_dt(row["not_after"]),
+                     error=json.loads(row["error"]) if row["error"] else None,
+                     certificate_serial=row["certificate_serial"], replaces=row["replaces"],
+                     csr_der=row["csr_der"], created_at=_dt(row["created_at"]))
+
+    def insert_order(self, order: Order, new_authzs: list[Authorization]) -> None:
+        with self._tx() as c:
+            for a in new_authzs:
+                c.execute("INSERT INTO authzs (id, account_id, identifier_type, identifier_value, "
+                          "status, expires, wildcard, created_at) VALUES (?,?,?,?,?,?,?,?)",
+                          (a.id, a.account_id, a.identifier.type, a.identifier.value, a.status,
+                           _ts(a.expires), int(a.wildcard), _ts(order.created_at)))
+                c.executemany("INSERT INTO challenges (id, authz_id, type, token, status) "
+                              "VALUES (?,?,?,?,?)",
+                              [(ch.id, a.id, ch.type, ch.token, ch.status) for ch in a.challenges])
+            c.execute("INSERT INTO orders (id, account_id, status, identifiers, authz_ids, expires, "
+                      "profile, not_before, not_after, replaces, created_at) "
+                      "VALUES (?,?,?,?,?,?,?,?,?,?,?)",
+                      (order.id, order.account_id, order.status, _idents_json(order.identifiers),
+                       json.dumps(order.authz_ids), _ts(order.expires), order.profile,
+                       _ts(order.not_before), _ts(order.not_after), order.replaces,
+                       _ts(order.created_at)))
+
+    def get_order(self, order_id: str) -> Order | None:
+        row = self._one("SELECT * FROM orders WHERE id = ?", [order_id])
+        return self._order(row) if row else None
+
+    def list_order_ids(self, account_id: str, *, after: str | None, limit: int) -> list[str]:
+        """Newest first; `after` is the created_at|id cursor of the last row seen."""
+        sql = "SELECT id, created_at FROM orders WHERE account_id = ?"
+        params: list[Any] = [account_id]
+        if after:
+            created, _, oid = after.partition("|")
+            sql += " AND (created_at < ? OR (created_at = ? AND id < ?))"
+            params += [created, created, oid]
+        sql += " ORDER BY created_at DESC, id DESC LIMIT ?"
+        params.append(limit)
+        return [f"{r['created_at']}|{r['id']}" for r in self.conn.execute(sql, params)]
+
+    def set_order_status(self, order_id: str, status: str, *, expect: str,
+                         error: dict[str, Any] | None = None, csr_der: bytes | None = None) -> bool:
+        """Compare-and-set: only moves an order that is still in `expect`."""
+        with self._tx() as c:
+            n = c.execute("UPDATE orders SET status = ?, error = COALESCE(?, error), "
+                          "csr_der = COALESCE(?, csr_der) WHERE id = ? AND status = ?",
+                          (status, json.dumps(error) if error else None, csr_der, order_id,
+                           expect)).rowcount
+        return n == 1
+
+    def orders_processing(self) -> list[Order]:
+        return [self._order(r) for r in
+                self.conn.execute("SELECT * FROM orders WHERE status = ?", [Status.PROCESSING])]
+
+    def _challenges(self, authz_ids: list[str]) -> dict[str, list[Challenge]]:
+        marks = ",".join("?" * len(authz_ids))
+        out: dict[str, list[Challenge]] = {a: [] for a in authz_ids}
+        for r in self.conn.execute(f"SELECT * FROM challenges WHERE authz_id IN ({marks}) "
+                                   "ORDER BY rowid", authz_ids):
+            out[r["authz_id"]].append(Challenge(
+                id=r["id"], authz_id=r["authz_id"], type=r["type"], token=r["token"],
+                status=r["status"], validated=_dt(r["validated"]),
+                error=json.loads(r["error"]) if r["error"] else None))
+        return out
+
+    @staticmethod
+    def _authz(row: sqlite3.Row, challenges: list[Challenge]) -> Authorization:
+        return Authorization(id=row["id"], account_id=row["account_id"],
+                             identifier=Identifier(row["identifier_type"], row["identifier_value"]),
+                             status=row["status"], expires=_dt(row["expires"]),  # type: ignore[arg-type]
+                             wildcard=bool(row["wildcard"]), challenges=challenges)
+
+    def get_authzs(self, authz_ids: list[str]) -> list[Authorization]:
+        if not authz_ids:
+            return []
+        marks = ",".join("?" * len(authz_ids))
+        rows = {r["id"]: r for r in
+                self.conn.execute(f"SELECT * FROM authzs WHERE id IN ({marks})", authz_ids)}
+        chals = self._challenges(list(rows))
+        return [self._authz(rows[a], chals[a]) for a in authz_ids if a in rows]
+
+    def get_authz(self, authz_id: str) -> Authorization | None:
+        found = self.get_authzs([authz_id])
+        return found[0] if found else None
+
+    def find_reusable_authz(self, account_id: str, ident: Identifier, *,
+                            valid_after: datetime) -> Authorization | None:
+        row = self._one("SELECT * FROM authzs WHERE account_id = ? AND identifier_type = ? AND "
+                        "identifier_value = ? AND status = ? AND expires > ? "
+                        "ORDER BY expires DESC LIMIT 1",
+                        [account_id, ident.type, ident.value, Status.VALID, _ts(valid_after)])
+        return self._authz(row, self._challenges([row["id"]])[row["id"]]) if row else None
+
+    def accounts_with_valid_authz(self, ident: Identifier, now: datetime) -> set[str]:
+        return {r[0] for r in self.conn.execute(
+            "SELECT DISTINCT account_id FROM authzs WHERE identifier_type = ? AND "
+            "identifier_value = ? AND status = ? AND expires > ?",
+            [ident.type, ident.value, Status.VALID, _ts(now)])}
+
+    def authz_id_of_challenge(self, challenge_id: str) -> str | None:
+        row = self._one("SELECT authz_id FROM challenges WHERE id = ?", [challenge_id])
+        return row[0] if row else None
+
+    def start_challenge(self, challenge_id: str) -> bool:
+        """pending -> processing, once: a second response to the same challenge is a no-op."""
+        with self._tx() as c:
+            return c.execute("UPDATE challenges SET status = ? WHERE id = ? AND status = ? AND "
+                             "authz_id IN (SELECT id FROM authzs WHERE status = ?)",
+                             (Status.PROCESSING, challenge_id, Status.PENDING,
+                              Status.PENDING)).rowcount == 1
+
+    def finish_challenge(self, challenge_id: str, authz_id: str, *, valid: bool,
+                         when: datetime, error: dict[str, Any] | None) -> None:
+        """Record the validation result on the challenge and its authorization together."""
+        status = Status.VALID if valid else Status.INVALID
+        with self._tx() as c:
+            c.execute("UPDATE challenges SET status = ?, validated = ?, error = ? "
+                      "WHERE id = ? AND status = ?",
+                      (status, _ts(when) if valid else None, json.dumps(error) if error else None,
+                       challenge_id, Status.PROCESSING))
+            c.execute("UPDATE authzs SET status = ? WHERE id = ? AND status = ?",
+                      (status, authz_id, Status.PENDING))
+
+    def challenges_processing(self) -> list[tuple[Challenge, Authorization]]:
+        ids = [r[0] for r in self.conn.execute(
+            "SELECT authz_id FROM challenges WHERE status = ?", [Status.PROCESSING])]
+        out = []
+        for authz in self.get_authzs(ids):
+            for ch in authz.challenges:
+                if ch.status == Status.PROCESSING:
+                    out.append((ch, authz))
+        return out
+
+    def set_authz_status(self, authz_id: str, status: str, *, expect: str) -> bool:
+        with self._tx() as c:
+            return c.execute("UPDATE authzs SET status = ? WHERE id = ? AND status = ?",
+                             (status, authz_id, expect)).rowcount == 1
+
+    # -- certificates -----------------------------------------------------------------
+    @staticmethod
+    def _cert(row: sqlite3.Row) -> Certificate:
+        return Certificate(serial=row["serial"], account_id=row["account_id"],
+                           order_id=row["order_id"], chain_pem=row["chain_pem"],
+                           not_before=_dt(row["not_before"]),  # type: ignore[arg-type]
+                           not_after=_dt(row["not_after"]),  # type: ignore[arg-type]
+                           identifiers=_idents(row["identifiers"]),
+                           key_fingerprint=row["key_fingerprint"], status=row["status"],
+                           revoked_at=_dt(row["revoked_at"]),
+                           revocation_reason=row["revocation_reason"], ari_id=row["ari_id"])
+
+    def complete_order(self, order_id: str, cert: Certificate) -> bool:
+        """Store the certificate and mark its order valid in one transaction."""
+        try:
+            return self._complete_order(order_id, cert)
+        except _Rollback:
+            return False
+
+    def _complete_order(self, order_id: str, cert: Certificate) -> bool:
+        with self._tx() as c:
+            n = c.execute("UPDATE orders SET status = ?, certificate_serial = ? "
+                          "WHERE id = ? AND status = ?",
+                          (Status.VALID, cert.serial, order_id, Status.PROCESSING)).rowcount
+            if n != 1:
+                raise _Rollback()
+            c.execute("INSERT INTO certificates (serial, account_id, order_id, chain_pem, not_before, "
+                      "not_after, identifiers, key_fingerprint, status, ari_id) "
+                      "VALUES (?,?,?,?,?,?,?,?,?,?)",
+                      (cert.serial, cert.account_id, cert.order_id, cert.chain_pem,
+                       _ts(cert.not_before), _ts(cert.not_after), _idents_json(cert.identifiers),
+                       cert.key_fingerprint, cert.status, cert.ari_id))
+        return True
+
+    def get_certificate(self, serial: str) -> Certificate | None:
+        row = self._one("SELECT * FROM certificates WHERE serial = ?", [serial])
+        return self._cert(row) if row else None
+
+    def get_certificate_by_ari_id(self, ari_id: str) -> Certificate | None:
+        row = self._one("SELECT * FROM certificates WHERE ari_id = ?", [ari_id])
+        return self._cert(row) if row else None
+
+    def key_in_use(self, key_fingerprint: str) -> bool:
+        return self._one("SELECT 1 FROM certificates WHERE key_fingerprint = ? LIMIT 1",
+                         [key_fingerprint]) is not None
+
+    def is_account_key(self, thumbprint: str) -> bool:
+        return self._one("SELECT 1 FROM accounts WHERE thumbprint = ?", [thumbprint]) is not None
+
+    def revoke_certificate(self, serial: str, *, reason: int, when: datetime) -> bool:
+        with self._tx() as c:
+            return c.execute("UPDATE certificates SET status = ?, revoked_at = ?, revocation_reason = ? "
+                             "WHERE serial = ? AND status = ?",
+                             (Status.REVOKED, _ts(when), reason, serial, Status.VALID)).rowcount == 1
+
+    def revoked_certificates(self) -> Iterator[tuple[str, datetime, int | None]]:
+        for r in self.conn.execute("SELECT serial, revoked_at, revocation_reason FROM certificates "
+                                   "WHERE status = ?", [Status.REVOKED]):
+            yield r[0], _dt(r[1]), r[2]  # type: ignore[misc]
+
+    def order_replacing(self, ari_id: str) -> str | None:
+        row = self._one("SELECT id FROM orders WHERE replaces = ? AND status != ? LIMIT 1",
+                        [ari_id, Status.INVALID])
+        return row[0] if row else None
+
+    # -- external account binding ------------------------------------------------------
+    def insert_eab_key(self, key: EabKey) -> None:
+        with self._tx() as c:
+            c.execute("INSERT INTO eab_keys (kid, hmac_key, created_at, account_id, revoked, note) "
+                      "VALUES (?,?,?,?,?,?)", (key.kid, key.hmac_key, _ts(key.created_at), None, 0,
+                                                key.note))
+
+    def get_eab_key(self, kid: str) -> EabKey | None:
+        r = self._one("SELECT * FROM eab_keys WHERE kid = ?", [kid])
+        if not r:
+            return None
+        return EabKey(kid=r["kid"], hmac_key=r["hmac_key"], created_at=_dt(r["created_at"]),  # type: ignore[arg-type]
+                      account_id=r["account_id"], revoked=bool(r["revoked"]), note=r["note"] or "")
+
+    def list_eab_keys(self) -> list[EabKey]:
+        kids = [r[0] for r in self.conn.execute("SELECT kid FROM eab_keys ORDER BY created_at")]
+        return [k for k in (self.get_eab_key(kid) for kid in kids) if k]
+
+    def revoke_eab_key(self, kid: str) -> bool:
+        with self._tx() as c:
+            return c.execute("UPDATE eab_keys SET revoked = 1 WHERE kid = ? AND revoked = 0",
+                             (kid,)).rowcount == 1
+
+
+class _Conflict(Exception):
+    pass
+
+
+class _Rollback(Exception):
+    pass
