@@ -238,9 +238,11 @@ def parse_config(raw: Mapping[str, Any], source: str, base_dir: Path) -> ServerC
         raise ConfigError(source, st.key("synchronous"), "must be 'full' or 'normal'")
     st.done()
 
-    acme = _parse_acme(root.table("acme"), d.acme)
+    acme_sec = root.table("acme")
+    default_profile = acme_sec.get("default_profile", str, d.default_profile)
+    acme = _parse_acme(acme_sec, d.acme)
     idents = _parse_identifiers(root.table("identifiers"), d.identifiers)
-    profiles, default_profile = _parse_profiles(root.table("profiles"), d, source)
+    profiles, default_profile = _parse_profiles(root.table("profiles"), d, source, default_profile)
     validation = _parse_validation(root.table("validation"), d.validation)
 
     rl = root.table("rate_limits")
@@ -306,12 +308,10 @@ def _parse_identifiers(sec: _Section, d: IdentifierPolicy) -> IdentifierPolicy:
     return out
 
 
-def _parse_profiles(sec: _Section, d: ServerConfig, source: str) -> tuple[dict[str, Profile], str]:
-    default_name = sec.get("default", str, d.default_profile)
+def _parse_profiles(sec: _Section, d: ServerConfig, source: str,
+                    default_name: str) -> tuple[dict[str, Profile], str]:
     profiles: dict[str, Profile] = {}
     for name, body in sec.data.items():
-        if name == "default" and isinstance(body, str):
-            continue
         p = _Section(body, sec.key(name), source)
         lifetime = p.duration("lifetime", timedelta(hours=24))
         if lifetime <= timedelta(0):
@@ -322,7 +322,7 @@ def _parse_profiles(sec: _Section, d: ServerConfig, source: str) -> tuple[dict[s
     if not profiles:
         profiles = dict(d.profiles)
     if default_name not in profiles:
-        raise ConfigError(source, sec.key("default"), f"no profile named {default_name!r}")
+        raise ConfigError(source, "acme.default_profile", f"no profile named {default_name!r}")
     sec.done()
     return profiles, default_name
 

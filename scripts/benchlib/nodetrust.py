@@ -22,6 +22,12 @@ NODETRUST_CONFIG = """\
 [validation]
 http_port = {http_port}
 hosts = {{"*" = "127.0.0.1"}}
+
+# Pebble has no rate limits; switch nodetrust's off so long runs never see rateLimited.
+[rate_limits]
+new_account_per_ip = 0
+new_order_per_account = 0
+requests_per_ip = 0
 """
 # ---------------------------------------------------------------------------------------------
 

@@ -241,6 +241,11 @@ class OrderService:
                 n += 1
         return n
 
+    async def drain(self) -> None:
+        """Wait until every validation in flight has recorded its result."""
+        while self._tasks:
+            await asyncio.gather(*list(self._tasks), return_exceptions=True)
+
     async def close(self) -> None:
         for task in list(self._tasks):
             task.cancel()
