@@ -447,12 +447,12 @@ class NodetrustServer(AcmeServer):
         self.launch()
 
     def is_revoked(self, cert: x509.Certificate, key: PrivateKey | None = None) -> bool:
-        # Probe: revoke again, signed by the certificate's key (RFC 8555 §7.6, jwk form).
-        # alreadyRevoked -> True. CAUTION: on a certificate that was NOT revoked this
-        # probe revokes it (and returns False). Alternative for the lead: read the CRL.
-        if key is None:
-            raise ValueError("nodetrust.is_revoked needs the certificate's private key")
-        return revoked_via_acme(self, cert, key)
+        """Read the CRL named in the certificate's CRL distribution point, as any relying
+        party would; no side effects."""
+        cdp = cert.extensions.get_extension_for_class(x509.CRLDistributionPoints).value
+        url = cdp[0].full_name[0].value  # type: ignore[index]
+        crl = x509.load_der_x509_crl(https_get(url, self.ca_bundle))
+        return crl.get_revoked_certificate_by_serial_number(cert.serial_number) is not None
 
 
 def nodetrust_command(data_dir: Path, listen: str, config: Path) -> list[str]:

@@ -141,6 +141,7 @@ class AcmeTestClient:
     kid: str | None = None
     directory: dict[str, Any] = field(default_factory=dict)
     nonce: str | None = None
+    retry_bad_nonce: bool = False  # as stock clients do; off so tests see every badNonce
 
     async def start(self) -> AcmeTestClient:
         r = await self.http.get("/acme/directory")
@@ -173,7 +174,14 @@ class AcmeTestClient:
         if kid == "account":
             kid = self.kid
         body = jws(key or self.key, url, payload, nonce=nonce, kid=kid, use_jwk=use_jwk, **kw)
-        return await self.raw(url, body)
+        reply = await self.raw(url, body)
+        if self.retry_bad_nonce and reply.problem == "badNonce":
+            self.retry_bad_nonce = False
+            try:
+                return await self.post(url, payload, key=key, use_jwk=use_jwk, kid=kid, **kw)
+            finally:
+                self.retry_bad_nonce = True
+        return reply
 
     async def new_account(self, **payload: Any) -> Reply:
         payload.setdefault("termsOfServiceAgreed", True)
@@ -185,3 +193,74 @@ class AcmeTestClient:
     async def new_order(self, *names: str, **extra: Any) -> Reply:
         idents = [{"type": "ip" if n[0].isdigit() else "dns", "value": n} for n in names]
         return await self.post(self.url("newOrder"), {"identifiers": idents, **extra})
+
+
+# -- helpers for tests of the JWS pipeline, accounts, EAB and keyChange (additive) --------
+
+PROBLEM_CONTENT_TYPE = "application/problem+json"
+
+
+def assert_problem(reply: Reply, status: int, code: str, detail: str = "") -> dict[str, Any]:
+    """A problem document with this status, ACME error name and a detail containing `detail`;
+    every ACME response (errors too) carries a fresh Replay-Nonce and the index link."""
+    assert reply.status == status, (reply.status, reply.body)
+    assert reply.headers.get("Content-Type", "").startswith(PROBLEM_CONTENT_TYPE), reply.headers
+    assert reply.problem == code, reply.body
+    doc = reply.json
+    assert doc["status"] == status, doc
+    assert detail.lower() in doc["detail"].lower(), doc
+    assert reply.headers.get("Replay-Nonce"), reply.headers
+    assert 'rel="index"' in ",".join(reply.headers.getall("Link", [])), reply.headers
+    return dict(doc)
+
+
+def hmac_jws(hmac_key: bytes, protected: dict[str, Any], payload: bytes) -> dict[str, str]:
+    """A flattened JWS MACed with HS256/384/512 (external account binding, RFC 8555 §7.3.4)."""
+    import hmac as _hmac
+    digest = {"HS256": hashlib.sha256, "HS384": hashlib.sha384,
+              "HS512": hashlib.sha512}[protected["alg"]]
+    prot_b64, pay_b64 = b64u(json.dumps(protected).encode()), b64u(payload)
+    mac = _hmac.new(hmac_key, f"{prot_b64}.{pay_b64}".encode(), digest).digest()
+    return {"protected": prot_b64, "payload": pay_b64, "signature": b64u(mac)}
+
+
+def eab_binding(kid: str, hmac_key: bytes, jwk: dict[str, Any], url: str, *,
+                alg: str = "HS256", header: dict[str, Any] | None = None) -> dict[str, str]:
+    """externalAccountBinding for newAccount: the account JWK MACed with the EAB key."""
+    protected: dict[str, Any] = {"alg": alg, "kid": kid, "url": url}
+    protected.update(header or {})
+    return hmac_jws(hmac_key, protected, json.dumps(jwk).encode())
+
+
+def key_change_inner(new_key: Key, url: str, account_url: str, old_jwk: dict[str, Any], *,
+                     kid: str | None = None, header: dict[str, Any] | None = None) -> dict[str, str]:
+    """The inner JWS of keyChange (RFC 8555 §7.3.5), signed by the new key."""
+    return jws(new_key, url, {"account": account_url, "oldKey": old_jwk}, nonce=None, kid=kid,
+               use_jwk=kid is None, header=header)
+
+
+async def signed_body(c: AcmeTestClient, url: str, payload: Any = None, *,
+                      key: Key | None = None, use_jwk: bool | None = None,
+                      kid: str | None = "account", **kw: Any) -> dict[str, str]:
+    """A correctly signed JWS with a fresh nonce, not sent, for tests that then break it."""
+    nonce = kw.pop("nonce", None) or c.nonce or await c.fresh_nonce()
+    c.nonce = None
+    if kid == "account":
+        kid = c.kid
+    return jws(key or c.key, url, payload, nonce=nonce, kid=kid, use_jwk=use_jwk, **kw)
+
+
+def key_from_private(priv: Any) -> Key:
+    """Wrap an existing private key (e.g. a certificate key) so it can sign JWS."""
+    if isinstance(priv, ec.EllipticCurvePrivateKey):
+        kind = "ec-p256" if priv.curve.key_size == 256 else "ec-p384"
+        alg = "ES256" if kind == "ec-p256" else "ES384"
+    elif isinstance(priv, rsa.RSAPrivateKey):
+        kind, alg = f"rsa-{priv.key_size}", "RS256"
+    elif isinstance(priv, ed25519.Ed25519PrivateKey):
+        kind, alg = "ed25519", "EdDSA"
+    else:
+        raise ValueError(type(priv).__name__)
+    k = Key.__new__(Key)
+    k.kind, k.priv, k.alg = kind, priv, alg
+    return k
