@@ -8,12 +8,14 @@ from aiohttp import web
 
 from server.api.auth import RequestVerifier
 from server.api.context import API, ApiContext
+from server.api.handlers_feed import FEED
 from server.api.links import Links
 from server.api.middleware import make_acme_middleware
 from server.api.nonces import NonceStore
 from server.api.routes import add_routes
 from server.ca import CertificateAuthority
 from server.config import ServerConfig
+from server.feed import RevocationFeed, load_or_create_token
 from server.ra.accounts import AccountService
 from server.ra.deps import Deps, utcnow
 from server.ra.issuance import IssuanceService
@@ -54,14 +56,24 @@ def create_app(cfg: ServerConfig, *, ca: CertificateAuthority | None = None,
     app = web.Application(middlewares=[make_acme_middleware(nonces, links, per_ip)],
                           client_max_size=cfg.acme.max_body_bytes)
     app[API] = ctx
+    feed = RevocationFeed(store, cfg.feed, token=load_or_create_token(cfg.feed_token_path),
+                          now=deps.now)
+    app[FEED] = feed
+
+    async def release_feed(app: web.Application) -> None:
+        await feed.close()  # on_shutdown: parked long-polls answer now, not after max_wait
+
+    app.on_shutdown.append(release_feed)
 
     async def lifecycle(app: web.Application) -> AsyncIterator[None]:
+        feed.start()
         finished = issuance.resume()
         resumed = orders.resume()
         if finished or resumed:
             log.info("resumed after restart: %d order(s) finalized, %d validation(s) restarted",
                      finished, resumed)
         yield
+        await feed.close()
         await orders.close()
         await validators.close()
         store.close()

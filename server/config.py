@@ -80,6 +80,15 @@ class AcmeSettings:
 
 
 @dataclass(frozen=True)
+class FeedSettings:
+    """The gateways' revocation feed (GET /feed/revocations)."""
+
+    max_wait: timedelta = timedelta(seconds=25)  # longest long-poll hold
+    poll_interval: timedelta = timedelta(milliseconds=200)  # sees other processes' revocations
+    page_size: int = 1000  # events per answer
+
+
+@dataclass(frozen=True)
 class ServerConfig:
     source: str
     listen_host: str = "127.0.0.1"
@@ -98,6 +107,7 @@ class ServerConfig:
     default_profile: str = "default"
     validation: ValidationSettings = ValidationSettings()
     rate_limits: RateLimits = RateLimits()
+    feed: FeedSettings = FeedSettings()
 
     @property
     def url(self) -> str:
@@ -113,6 +123,10 @@ class ServerConfig:
     @property
     def ca_dir(self) -> Path:
         return self.data_dir / "ca"
+
+    @property
+    def feed_token_path(self) -> Path:
+        return self.data_dir / "feed.token"
 
     def with_overrides(self, *, data_dir: Path | None = None, listen: str | None = None) -> ServerConfig:
         cfg = self
@@ -252,12 +266,13 @@ def parse_config(raw: Mapping[str, Any], source: str, base_dir: Path) -> ServerC
         requests_per_ip=_rate(rl, "requests_per_ip", d.rate_limits.requests_per_ip),
     )
     rl.done()
+    feed = _parse_feed(root.table("feed"), d.feed)
     root.done()
     return ServerConfig(
         source=source, listen_host=host, listen_port=port, data_dir=data_dir, base_url=base_url,
         tls_names=tls_names, ca_key_type=ca_key_type, ca_common_name=ca_cn, store_synchronous=sync,
         acme=acme, identifiers=idents, profiles=profiles, default_profile=default_profile,
-        validation=validation, rate_limits=rate_limits,
+        validation=validation, rate_limits=rate_limits, feed=feed,
     )
 
 
@@ -339,5 +354,17 @@ def _parse_validation(sec: _Section, d: ValidationSettings) -> ValidationSetting
         hosts={k.lower(): v for k, v in hosts.items()},
         dns_server=sec.get("dns_server", str, "") or None,
     )
+    sec.done()
+    return out
+
+
+def _parse_feed(sec: _Section, d: FeedSettings) -> FeedSettings:
+    out = FeedSettings(max_wait=sec.duration("max_wait", d.max_wait),
+                       poll_interval=sec.duration("poll_interval", d.poll_interval),
+                       page_size=sec.get("page_size", int, d.page_size))
+    if out.poll_interval <= timedelta(0):
+        raise ConfigError(sec.source, sec.key("poll_interval"), "must be positive")
+    if out.page_size < 1:
+        raise ConfigError(sec.source, sec.key("page_size"), "must be at least 1")
     sec.done()
     return out

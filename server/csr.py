@@ -34,6 +34,15 @@ def key_type_of(key: object) -> str | None:
     return None
 
 
+def _describe(key: object) -> str:
+    """Name a refused key the way the operator would (rsa-1024, ec-secp521r1), not by class."""
+    if isinstance(key, rsa.RSAPublicKey):
+        return f"rsa-{key.key_size}"
+    if isinstance(key, ec.EllipticCurvePublicKey):
+        return f"ec-{key.curve.name}"
+    return type(key).__name__.lstrip("_")
+
+
 def spki_fingerprint(key: PublicKey) -> str:
     der = key.public_bytes(serialization.Encoding.DER,
                            serialization.PublicFormat.SubjectPublicKeyInfo)
@@ -64,7 +73,7 @@ def check_csr(der: bytes, *, allowed_keys: tuple[str, ...]) -> CheckedCSR:
         raise AcmeProblem("badCSR", "CSR signature does not verify with its public key")
     ktype = key_type_of(key)
     if ktype is None or ktype not in allowed_keys:
-        raise AcmeProblem("badCSR", f"CSR key type {ktype or type(key).__name__} is not accepted "
+        raise AcmeProblem("badCSR", f"CSR key type {ktype or _describe(key)} is not accepted "
                           f"(rule acme.allowed_keys: {', '.join(allowed_keys)})")
     if isinstance(key, rsa.RSAPublicKey) and (weak := _weak_rsa(key)):
         raise AcmeProblem("badCSR", weak)

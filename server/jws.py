@@ -61,7 +61,8 @@ class ParsedJWS:
 def parse_jws(body: bytes) -> ParsedJWS:
     try:
         obj = json.loads(body)
-    except (ValueError, UnicodeDecodeError):
+    # RecursionError: deeply nested JSON ("[[[[...") would otherwise surface as a 500.
+    except (ValueError, UnicodeDecodeError, RecursionError):
         raise malformed("request body is not JSON") from None
     if not isinstance(obj, dict):
         raise malformed("request body is not a JWS object")
@@ -77,12 +78,16 @@ def parse_jws(body: bytes) -> ParsedJWS:
         raise malformed("JWS protected and payload must be strings")
     try:
         protected = json.loads(b64d(prot_b64, "protected header"))
-    except ValueError:
+    except (ValueError, RecursionError):
         raise malformed("JWS protected header is not JSON") from None
     if not isinstance(protected, dict):
         raise malformed("JWS protected header is not an object")
     if protected.get("b64") is False:
         raise malformed("JWS unencoded payload option is not allowed (RFC 8555 §6.2)")
+    if "crit" in protected:
+        # RFC 7515 §4.1.11: a recipient must refuse critical extensions it does not
+        # understand, and ACME defines none; they used to be silently ignored.
+        raise malformed("JWS crit header parameter is not supported")
     alg = protected.get("alg")
     if not isinstance(alg, str):
         raise malformed("JWS protected header has no alg")
@@ -135,6 +140,11 @@ def thumbprint(jwk: dict[str, Any]) -> str:
                "OKP": ("crv", "kty", "x")}.get(str(kty))
     if members is None:
         raise AcmeProblem("badPublicKey", f"key type {kty!r} is not accepted")
+    # A JWK missing a member (e.g. {"kty": "EC"} as keyChange oldKey or an EAB payload)
+    # raised KeyError here, which became a 500.
+    missing = [m for m in members if not isinstance(jwk.get(m), str)]
+    if missing:
+        raise AcmeProblem("badPublicKey", f"jwk lacks {', '.join(missing)}")
     canonical = json.dumps({m: jwk[m] for m in members}, separators=(",", ":"), sort_keys=True)
     return b64e(hashlib.sha256(canonical.encode()).digest())
 
@@ -179,7 +189,7 @@ def verify_with_key(jws: ParsedJWS, jwk: dict[str, Any]) -> PublicKey:
 def payload_json(jws: ParsedJWS) -> dict[str, Any]:
     try:
         value = json.loads(jws.payload)
-    except (ValueError, UnicodeDecodeError):
+    except (ValueError, UnicodeDecodeError, RecursionError):
         raise malformed("JWS payload is not JSON") from None
     if not isinstance(value, dict):
         raise malformed("JWS payload is not a JSON object")

@@ -246,7 +246,7 @@ async def _worker(idx: int, client: AcmeClient, responder: Http01Responder, run:
             await enroll(client, responder, name, run.spec.poll, t0 + run.spec.enroll_timeout)
         except EnrollError as exc:
             run.result.record_error(exc.kind, exc.text)
-        except Exception as exc:  # never let one enrollment crash the run
+        except Exception as exc:  # noqa: BLE001 - never let one enrollment crash the run
             run.result.record_error(f"unexpected:{type(exc).__name__}", repr(exc))
         else:
             now = time.monotonic()

@@ -18,7 +18,7 @@ def _name(cn: str) -> x509.Name:
 
 def write_localhost_tls(directory: Path) -> tuple[Path, Path, Path]:
     """Create ca.pem, cert.pem and key.pem in `directory`; return (ca, cert, key) paths."""
-    now = datetime.datetime.now(datetime.timezone.utc)
+    now = datetime.datetime.now(datetime.UTC)
     start, end = now - datetime.timedelta(hours=1), now + datetime.timedelta(days=2)
     ca_key = ec.generate_private_key(ec.SECP256R1())
     ca_cert = (

@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from aiohttp import web
+from yarl import URL
 
 from server.api.links import Links
 from server.api.nonces import NonceStore
@@ -43,6 +44,15 @@ class VerifiedRequest:
         if self.account is None:
             raise malformed("this request must be signed with the account key (kid)")
         return self.account
+
+
+def _same_url(signed: Any, requested: str) -> bool:
+    if not isinstance(signed, str):
+        return False
+    try:
+        return URL(signed) == URL(requested)
+    except (ValueError, TypeError):
+        return False
 
 
 class RequestVerifier:
@@ -80,8 +90,11 @@ class RequestVerifier:
         if not isinstance(nonce, str) or not self.nonces.redeem(nonce):
             raise AcmeProblem("badNonce", "the nonce is missing, used or expired; "
                               "retry with the Replay-Nonce of this response")
-        url = self.links.base + request.rel_url.path_qs
-        if prot.get("url") != url:
+        # Compare RFC 3986-normalized forms of the raw request target: `path_qs` is
+        # *decoded*, so a signed URL with an escaped query (the orders list's next link,
+        # `?cursor=...%7C...`) never matched, and clients may re-escape %3A as ':' on the wire.
+        url = self.links.base + request.rel_url.raw_path_qs
+        if not _same_url(prot.get("url"), url):
             raise unauthorized(f"the JWS url header {prot.get('url')!r} does not match the request "
                                f"URL {url!r}")
         return VerifiedRequest(url=url, jws=jws, key=key, account=account, jwk=jwk)

@@ -1,7 +1,6 @@
 """Directory, nonces, certificate download, revocation, renewal information, CRL."""
 from __future__ import annotations
 
-import time
 from datetime import timedelta
 
 from acme import messages
@@ -74,20 +73,25 @@ async def root_certificate(ctx: ApiContext, request: web.Request) -> web.Respons
 
 
 class CrlCache:
-    """The CRL is re-signed only when revocations change or it nears its next update."""
+    """The CRL is re-signed when a revocation is recorded, in this process or another (keyed
+    on the revocation feed's highest seq, which only grows), and every hour, so nextUpdate
+    always stays about a day ahead of any copy a relying party holds."""
 
     def __init__(self) -> None:
         self._der = b""
-        self._key: tuple[int, int] = (-1, 0)
+        self._key: tuple[int, int] = (-1, -1)
+        self._number = 0
 
     async def handler(self, ctx: ApiContext, request: web.Request) -> web.Response:
-        revoked = list(ctx.store.revoked_certificates())
-        hour = int(time.time() // 3600)
-        key = (len(revoked), hour)
+        now = ctx.issuance.d.now()
+        key = (ctx.store.revocation_head(), int(now.timestamp() // 3600))
         if key != self._key:
-            now = ctx.issuance.d.now()
+            revoked = list(ctx.store.revoked_certificates())
+            # RFC 5280 §5.2.3: CRL numbers only grow; milliseconds, never repeated here.
+            self._number = max(self._number + 1, int(now.timestamp() * 1000))
             self._der = ctx.issuance.d.ca.crl(
                 [(int(s, 16), at, reason) for s, at, reason in revoked],
-                crl_number=int(time.time()), this_update=now, next_update=now + timedelta(hours=24))
+                crl_number=self._number, this_update=now, next_update=now + timedelta(hours=24))
             self._key = key
-        return web.Response(body=self._der, content_type="application/pkix-crl")
+        return web.Response(body=self._der, content_type="application/pkix-crl",
+                            headers={"Cache-Control": "no-cache"})

@@ -31,7 +31,10 @@ def _from_http_error(exc: web.HTTPException) -> AcmeProblem:
     if exc.status == 413:
         return AcmeProblem("malformed", "request body is too large", status=413)
     if exc.status == 405:
-        return AcmeProblem("malformed", f"method not allowed: {exc.reason}", status=405)
+        # RFC 9110 §15.5.6: a 405 must say which methods are allowed (was dropped here).
+        allow = {"Allow": exc.headers["Allow"]} if "Allow" in exc.headers else {}
+        return AcmeProblem("malformed", f"method not allowed: {exc.reason}", status=405,
+                           headers=allow)
     if exc.status == 404:
         return AcmeProblem("malformed", "no such resource", status=404)
     return AcmeProblem("malformed", exc.reason or "bad request", status=exc.status)

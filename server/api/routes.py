@@ -8,6 +8,7 @@ from aiohttp import web
 
 from server.api import handlers_accounts as accounts
 from server.api import handlers_certs as certs
+from server.api import handlers_feed as feed
 from server.api import handlers_orders as orders
 from server.api.auth import VerifiedRequest
 from server.api.context import API, ApiContext
@@ -57,3 +58,4 @@ def add_routes(app: web.Application) -> None:
     r.add_get(PREFIX + "/renewal-info/{id}", _get(certs.renewal_info))
     r.add_get(PREFIX + "/root", _get(certs.root_certificate))
     r.add_get("/crl/intermediate.crl", _get(certs.CrlCache().handler))
+    r.add_get("/feed/revocations", feed.revocations, allow_head=False)

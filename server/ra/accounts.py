@@ -6,7 +6,7 @@ import hashlib
 import hmac
 import json
 import re
-from typing import Any
+from typing import Any, Callable
 
 from server.jws import (ParsedJWS, b64d, key_from_jwk, parse_jws, payload_json,
                              public_jwk, thumbprint, verify_signature)
@@ -33,6 +33,7 @@ class AccountService:
         schemes = self.d.cfg.acme.allowed_contact_schemes
         for c in contact:
             scheme, _, rest = c.partition(":")
+            scheme = scheme.lower()  # RFC 3986 §3.1: schemes are case-insensitive
             if scheme not in schemes:
                 raise AcmeProblem("unsupportedContact", f"contact scheme {scheme!r} is not supported "
                                   f"(accepted: {', '.join(schemes)})")
@@ -41,8 +42,11 @@ class AccountService:
         return list(contact)
 
     def new_account(self, jws: ParsedJWS, jwk: dict[str, Any], payload: dict[str, Any],
-                    new_account_url: str) -> tuple[Account, bool]:
-        """Returns (account, created). An existing key returns its account (§7.3.1)."""
+                    new_account_url: str, *,
+                    admit: Callable[[], None] | None = None) -> tuple[Account, bool]:
+        """Returns (account, created). An existing key returns its account (§7.3.1).
+        `admit` (the newAccount rate limit) runs only when an account is about to be created,
+        so a refused request creates nothing and a lookup of an existing key costs nothing."""
         tp = thumbprint(jwk)
         existing = self.d.store.get_account_by_thumbprint(tp)
         if existing is not None:
@@ -66,6 +70,8 @@ class AccountService:
             raise AcmeProblem("externalAccountRequired", "this server requires an external account "
                               "binding (rule acme.external_account_binding = required); "
                               "ask the operator for `nodetrust eab create`")
+        if admit is not None:
+            admit()
         acct = Account(id=new_id(), thumbprint=tp, jwk=public_jwk(jwk), status=Status.VALID,
                        contact=contact, created_at=self.d.now(), tos_agreed=agreed, eab_kid=eab_kid)
         if not self.d.store.insert_account(acct):
@@ -98,9 +104,9 @@ class AccountService:
             raise unauthorized("externalAccountBinding MAC does not verify")
         try:
             bound = json.loads(inner["payload"])
-        except ValueError:
+        except (ValueError, RecursionError):  # deep nesting must not become a 500
             raise malformed("externalAccountBinding payload is not a JWK") from None
-        if not isinstance(bound, dict) or thumbprint(bound) != thumbprint(jwk):
+        if not _same_key(bound, jwk):
             raise malformed("externalAccountBinding payload is not the account key")
         return kid
 
@@ -110,14 +116,17 @@ class AccountService:
             raise malformed("the only status a client may set is 'deactivated'")
         contact = self.check_contacts(payload["contact"]) if "contact" in payload else None
         if status == Status.DEACTIVATED or contact is not None:
+            # Only an explicit "deactivated" deactivates: a client echoing its current
+            # status ("valid") alongside a contact change used to deactivate the account.
             self.d.store.update_account(account.id, contact=contact,
-                                        status=Status.DEACTIVATED if status else None)
+                                        status=Status.DEACTIVATED
+                                        if status == Status.DEACTIVATED else None)
         updated = self.d.store.get_account(account.id)
         assert updated is not None
         return updated
 
     def key_change(self, account: Account, outer_url: str, account_url: str,
-                   payload: bytes) -> Account:
+                   payload: bytes, *, url_of: Callable[[str], str] | None = None) -> Account:
         """§7.3.5: the inner JWS, signed by the new key, names the account and the old key."""
         inner = parse_jws(payload)
         prot = inner.protected
@@ -131,7 +140,7 @@ class AccountService:
         if body.get("account") != account_url:
             raise malformed("keyChange account does not match the signing account")
         old = body.get("oldKey")
-        if not isinstance(old, dict) or thumbprint(old) != account.thumbprint:
+        if not _same_key(old, account.jwk):
             raise AcmeProblem("malformed", "keyChange oldKey is not the account's current key")
         new_tp = thumbprint(new_jwk)
         if new_tp == account.thumbprint:
@@ -140,11 +149,24 @@ class AccountService:
         if holder is not None or not self.d.store.change_account_key(account.id,
                                                                      public_jwk(new_jwk), new_tp):
             holder = holder or self.d.store.get_account_by_thumbprint(new_tp)
+            # §7.3.5: the 409 SHOULD carry the URL of the account holding the key in Location
+            # (it used to carry only the bare id in the problem body).
+            headers = {"Location": url_of(holder.id)} if holder and url_of else {}
             raise AcmeProblem("conflict", "the new key already belongs to another account",
-                              status=409, extra={"account": holder.id if holder else None})
+                              status=409, headers=headers)
         updated = self.d.store.get_account(account.id)
         assert updated is not None
         return updated
+
+
+def _same_key(candidate: Any, jwk: dict[str, Any]) -> bool:
+    """True when `candidate` is a JWK of the same key; a malformed JWK is simply not."""
+    if not isinstance(candidate, dict):
+        return False
+    try:
+        return thumbprint(candidate) == thumbprint(jwk)
+    except AcmeProblem:
+        return False
 
 
 def parse_eab(eab: Any) -> dict[str, Any]:
@@ -153,7 +175,7 @@ def parse_eab(eab: Any) -> dict[str, Any]:
         raise malformed("externalAccountBinding must be a flattened JWS object")
     try:
         prot = json.loads(b64d(eab["protected"], "externalAccountBinding.protected"))
-    except ValueError:
+    except (ValueError, RecursionError):  # deep nesting must not become a 500
         raise malformed("externalAccountBinding protected header is not JSON") from None
     if not isinstance(prot, dict):
         raise malformed("externalAccountBinding protected header is not an object")

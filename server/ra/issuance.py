@@ -9,11 +9,13 @@ from __future__ import annotations
 
 import ipaddress
 import logging
+import re
+from datetime import datetime
 from typing import Any
 
 from cryptography import x509
 
-from server.ca import IssuedCertificate
+from server.ca import CAError, IssuedCertificate
 from server.csr import check_csr
 from server.errors import AcmeProblem, malformed
 from server.jws import b64d, jwk_of_public_key, thumbprint
@@ -22,6 +24,8 @@ from server.ra.ari import cert_id
 from server.ra.deps import Deps
 
 log = logging.getLogger("nodetrust.ra")
+
+_B64URL = re.compile(r"[A-Za-z0-9_-]+")
 
 
 def serial_hex(serial: int) -> str:
@@ -40,7 +44,18 @@ class IssuanceService:
         csr_b64 = payload.get("csr")
         if not isinstance(csr_b64, str):
             raise malformed("finalize needs a csr (base64url DER)")
+        # jws.b64d skips characters outside the alphabet, so junk would decode to a
+        # truncated CSR and surface as badCSR; RFC 8555 §7.4 wants base64url without padding.
+        if not _B64URL.fullmatch(csr_b64):
+            raise malformed("csr is not base64url (RFC 8555 §7.4: unpadded base64url DER)")
         csr_der = b64d(csr_b64, "csr")
+        not_before, not_after = self._validity(order)
+        if order.not_after is not None and not_after <= max(not_before, self.d.now()):
+            # e.g. an order with notAfter that was finalized too late: it can never succeed.
+            error = {"type": "urn:ietf:params:acme:error:malformed",
+                     "detail": f"the order's notAfter {not_after.isoformat()} has passed"}
+            self.d.store.set_order_status(order.id, Status.INVALID, expect=Status.READY, error=error)
+            raise malformed(error["detail"] + "; place a new order")
         self._check(account, order, csr_der)
         if not self.d.store.set_order_status(order.id, Status.PROCESSING, expect=Status.READY,
                                              csr_der=csr_der):
@@ -60,17 +75,35 @@ class IssuanceService:
             raise AcmeProblem("badCSR", "the CSR key was certified before; every certificate "
                               "needs a fresh key (reused keys are refused)")
 
-    def _issue(self, order: Order, csr_der: bytes) -> Order:
-        checked = check_csr(csr_der, allowed_keys=self.d.cfg.acme.allowed_keys)
+    def _validity(self, order: Order) -> tuple[datetime, datetime]:
         now = self.d.now()
         lifetime = self.d.cfg.profiles[order.profile].lifetime
         not_before = order.not_before or (now - self.d.cfg.acme.backdate)
         not_after = order.not_after or (not_before + lifetime)
-        issued: IssuedCertificate = self.d.ca.issue(
-            checked.public_key,
-            dns_names=[i.value for i in order.identifiers if i.type == "dns"],
-            ip_addresses=[ipaddress.ip_address(i.value) for i in order.identifiers if i.type == "ip"],
-            not_before=not_before, not_after=not_after, crl_url=self.crl_url)
+        if order.not_after is None:
+            # A profile lifetime reaching past the intermediate's expiry would make the CA
+            # refuse (CAError, a 500); end the certificate with its issuer instead.
+            not_after = min(not_after, self.d.ca.intermediate_cert.not_valid_after_utc)
+        return not_before, not_after
+
+    def _issue(self, order: Order, csr_der: bytes) -> Order:
+        checked = check_csr(csr_der, allowed_keys=self.d.cfg.acme.allowed_keys)
+        not_before, not_after = self._validity(order)
+        try:
+            issued: IssuedCertificate = self.d.ca.issue(
+                checked.public_key,
+                dns_names=[i.value for i in order.identifiers if i.type == "dns"],
+                ip_addresses=[ipaddress.ip_address(i.value) for i in order.identifiers
+                              if i.type == "ip"],
+                not_before=not_before, not_after=not_after, crl_url=self.crl_url)
+        except CAError as exc:
+            # Never leave the order in `processing` (resume() would retry it forever).
+            log.error("CA refused order %s: %s", order.id, exc)
+            error = {"type": "urn:ietf:params:acme:error:serverInternal",
+                     "detail": f"the CA refused to sign: {exc}"}
+            self.d.store.set_order_status(order.id, Status.INVALID, expect=Status.PROCESSING,
+                                          error=error)
+            raise AcmeProblem("serverInternal", error["detail"]) from None
         leaf = x509.load_der_x509_certificate(issued.der)
         cert = Certificate(serial=serial_hex(issued.serial), account_id=order.account_id,
                            order_id=order.id, chain_pem=issued.chain_pem.decode(),

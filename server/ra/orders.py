@@ -65,6 +65,10 @@ class OrderService:
         if not_before and not_before > now + cfg.acme.max_validity:
             raise malformed(f"notBefore is more than {cfg.acme.max_validity} ahead "
                             "(rule acme.max_validity)")
+        # Without a lower bound a client could have a certificate backdated by years.
+        if not_before and not_before < now - cfg.acme.backdate:
+            raise malformed(f"notBefore lies more than {cfg.acme.backdate} in the past "
+                            "(rule acme.backdate)")
         if not_after:
             start = not_before or now
             if not_after <= start:
@@ -72,6 +76,15 @@ class OrderService:
             if not_after - start > lifetime:
                 raise malformed(f"notAfter asks for more than the {lifetime} lifetime of profile "
                                 f"{profile!r} (rule profiles.{profile}.lifetime)")
+        # The CA cannot sign past its own expiry (CAError at finalize): refuse such a
+        # request now, while the client can still change it.
+        ca_end = self.d.ca.intermediate_cert.not_valid_after_utc
+        if not_after and not_after > ca_end:
+            raise malformed(f"notAfter {not_after.isoformat()} is past the issuing CA's expiry "
+                            f"{ca_end.isoformat()}")
+        if not_before and not not_after and not_before + lifetime > ca_end:
+            raise malformed(f"notBefore plus the {lifetime} lifetime of profile {profile!r} is "
+                            f"past the issuing CA's expiry {ca_end.isoformat()}")
         replaces = self._check_replaces(account, payload.get("replaces"), idents)
 
         authz_ids: list[str] = []
@@ -83,6 +96,12 @@ class OrderService:
             found = None
             if cfg.acme.authz_reuse > timedelta(0):
                 found = self.d.store.find_reusable_authz(account.id, ident, valid_after=reuse_until)
+                # acme.authz_reuse bounds how long after its validation an authorization
+                # may stand in for a new one (authz_ttl alone would allow a full day).
+                validated = max((c.validated for c in found.challenges if c.validated),
+                                default=None) if found else None
+                if validated is None or validated <= now - cfg.acme.authz_reuse:
+                    found = None
             if found is not None:
                 authz_ids.append(found.id)
                 order_expires = min(order_expires, found.expires)
@@ -148,15 +167,20 @@ class OrderService:
         if order.expires <= now:
             new_status, error = Status.INVALID, {"type": "urn:ietf:params:acme:error:malformed",
                                                  "detail": "order expired before it was finalized"}
-        elif order.status == Status.PENDING:
+        else:
+            # A ready order is checked too: an authorization deactivated (or expired) after
+            # the order became ready must not still let it be finalized (§7.1.6).
             authzs = self.d.store.get_authzs(order.authz_ids)
             failed = [a for a in authzs if a.status in _FAILED_AUTHZ or a.expires <= now]
             if failed:
                 new_status = Status.INVALID
+                first = failed[0]
+                state = Status.EXPIRED if first.expires <= now else first.status
                 error = next((c.error for a in failed for c in a.challenges if c.error), None) or {
                     "type": "urn:ietf:params:acme:error:unauthorized",
-                    "detail": f"authorization for {failed[0].identifier.value} is {failed[0].status}"}
-            elif len(authzs) == len(order.authz_ids) and all(a.status == Status.VALID for a in authzs):
+                    "detail": f"authorization for {first.identifier.value} is {state}"}
+            elif (order.status == Status.PENDING and len(authzs) == len(order.authz_ids)
+                  and all(a.status == Status.VALID for a in authzs)):
                 new_status = Status.READY
         if new_status != order.status:
             if self.d.store.set_order_status(order.id, new_status, expect=order.status, error=error):

@@ -8,9 +8,10 @@ from __future__ import annotations
 
 import json
 import sqlite3
+from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
-from typing import Any, Iterable, Iterator
+from typing import Any, Callable, Iterable, Iterator
 
 import sqlite_utils
 
@@ -329,10 +330,21 @@ class Store:
         return self._one("SELECT 1 FROM accounts WHERE thumbprint = ?", [thumbprint]) is not None
 
     def revoke_certificate(self, serial: str, *, reason: int, when: datetime) -> bool:
+        """Every revocation path (ACME, CLI, decommission, rejoin) ends here, in any process."""
         with self._tx() as c:
-            return c.execute("UPDATE certificates SET status = ?, revoked_at = ?, revocation_reason = ? "
+            done = c.execute("UPDATE certificates SET status = ?, revoked_at = ?, revocation_reason = ? "
                              "WHERE serial = ? AND status = ?",
                              (Status.REVOKED, _ts(when), reason, serial, Status.VALID)).rowcount == 1
+            if done:
+                # The feed event commits with the revocation or not at all, so a gateway
+                # following the feed can never miss one.
+                c.execute("INSERT INTO revocation_events (serial, revoked_at, reason, not_after) "
+                          "SELECT serial, revoked_at, revocation_reason, not_after "
+                          "FROM certificates WHERE serial = ?", (serial,))
+        if done:
+            for listener in self._revocation_listeners:
+                listener()
+        return done
 
     def revoked_certificates(self) -> Iterator[tuple[str, datetime, int | None]]:
         for r in self.conn.execute("SELECT serial, revoked_at, revocation_reason FROM certificates "
@@ -366,6 +378,44 @@ class Store:
         with self._tx() as c:
             return c.execute("UPDATE eab_keys SET revoked = 1 WHERE kid = ? AND revoked = 0",
                              (kid,)).rowcount == 1
+
+    # -- revocation feed ----------------------------------------------------------------
+    # In-process observers of committed revocations (the feed wakes its long-polls); other
+    # processes writing the same file are seen by polling revocation_head().
+    _revocation_listeners: tuple[Callable[[], None], ...] = ()
+
+    def add_revocation_listener(self, listener: Callable[[], None]) -> None:
+        self._revocation_listeners = (*self._revocation_listeners, listener)
+
+    def remove_revocation_listener(self, listener: Callable[[], None]) -> None:
+        self._revocation_listeners = tuple(x for x in self._revocation_listeners if x != listener)
+
+    def revocation_head(self) -> int:
+        """The highest event seq ever assigned (0: none). sqlite_sequence keeps it even when
+        the newest rows are pruned, so a gateway's position is never mistaken for the future."""
+        row = self._one("SELECT MAX(COALESCE((SELECT seq FROM sqlite_sequence "
+                        "WHERE name = 'revocation_events'), 0), "
+                        "COALESCE((SELECT MAX(seq) FROM revocation_events), 0))")
+        return int(row[0]) if row else 0
+
+    def revocation_events_since(self, seq: int, limit: int) -> list[RevocationEvent]:
+        # Rows of certificates that have expired may be pruned some day (by not_after, which
+        # is indexed): a gateway refuses expired certificates anyway. Never before expiry.
+        return [RevocationEvent(seq=r[0], serial=r[1], revoked_at=r[2], reason=r[3], not_after=r[4])
+                for r in self.conn.execute(
+                    "SELECT seq, serial, revoked_at, reason, not_after FROM revocation_events "
+                    "WHERE seq > ? ORDER BY seq LIMIT ?", (seq, limit))]
+
+
+@dataclass(frozen=True)
+class RevocationEvent:
+    """One row of the revocation feed; times as stored (ISO 8601, UTC)."""
+
+    seq: int
+    serial: str  # hex, as in the certificates table
+    revoked_at: str
+    reason: int | None
+    not_after: str
 
 
 class _Conflict(Exception):

@@ -45,8 +45,26 @@ def _v1(db: sqlite_utils.Database) -> None:
     }, pk="kid")
 
 
+def _v2(db: sqlite_utils.Database) -> None:
+    """The revocation feed: one row per revocation, written in the revocation's own
+    transaction (Store.revoke_certificate). AUTOINCREMENT so a seq is never reused, even
+    after pruning; gateways resume from the last seq they applied. IF NOT EXISTS because
+    DDL runs outside the version row's transaction in Python's sqlite3."""
+    db.execute("CREATE TABLE IF NOT EXISTS revocation_events ("
+               "seq INTEGER PRIMARY KEY AUTOINCREMENT, serial TEXT NOT NULL, "
+               "revoked_at TEXT NOT NULL, reason INTEGER, not_after TEXT NOT NULL)")
+    # For pruning: rows may go once their certificate has expired, never before.
+    db.execute("CREATE INDEX IF NOT EXISTS revocation_events_not_after "
+               "ON revocation_events (not_after)")
+    # Revocations recorded before the feed existed; in the version row's transaction.
+    db.execute("INSERT INTO revocation_events (serial, revoked_at, reason, not_after) "
+               "SELECT serial, revoked_at, revocation_reason, not_after FROM certificates "
+               "WHERE status = 'revoked' ORDER BY revoked_at, serial")
+
+
 MIGRATIONS: list[tuple[int, Callable[[sqlite_utils.Database], None]]] = [
     (1, _v1),
+    (2, _v2),
 ]
 
 

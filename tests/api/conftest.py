@@ -137,3 +137,13 @@ async def make_harness(tmp_path: Path, http01: Http01Responder,
 @pytest.fixture
 async def harness(make_harness: MakeHarness) -> Harness:
     return await make_harness()
+
+
+def assert_problem(r: Reply, status: int, code: str, *fragments: str) -> dict[str, Any]:
+    """The reply is an ACME problem `code` with HTTP `status` whose detail names every fragment."""
+    assert r.status == status, (r.status, r.body)
+    assert r.problem == code, r.body
+    doc: dict[str, Any] = r.json
+    for fragment in fragments:
+        assert fragment in doc["detail"], (fragment, doc["detail"])
+    return doc

@@ -218,7 +218,7 @@ def hmac_jws(hmac_key: bytes, protected: dict[str, Any], payload: bytes) -> dict
     """A flattened JWS MACed with HS256/384/512 (external account binding, RFC 8555 §7.3.4)."""
     import hmac as _hmac
     digest = {"HS256": hashlib.sha256, "HS384": hashlib.sha384,
-              "HS512": hashlib.sha512}[protected["alg"]]
+              "HS512": hashlib.sha512}.get(protected.get("alg"), hashlib.sha256)
     prot_b64, pay_b64 = b64u(json.dumps(protected).encode()), b64u(payload)
     mac = _hmac.new(hmac_key, f"{prot_b64}.{pay_b64}".encode(), digest).digest()
     return {"protected": prot_b64, "payload": pay_b64, "signature": b64u(mac)}
