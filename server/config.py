@@ -144,7 +144,8 @@ _UNITS = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400}
 
 def parse_duration(value: Any, key: str, source: str = "config") -> timedelta:
     """'90s', '5m', '24h', '7d', or a number of seconds."""
-    if isinstance(value, (int, float)) and not isinstance(value, bool):
+    if isinstance(value, (int, float)) and not isinstance(value, bool) and value >= 0:
+        # negative numbers are refused like "-5m" is: a negative TTL or lifetime is a typo
         return timedelta(seconds=value)
     if isinstance(value, str) and (m := _DURATION.match(value)):
         return timedelta(seconds=float(m.group(1)) * _UNITS[m.group(2)])
@@ -178,6 +179,15 @@ class _Section:
         if not isinstance(value, kind) or (isinstance(value, bool) and kind in (int, float)):
             raise ConfigError(self.source, self.key(name), f"expected {_kind_name(kind)}, got {value!r}")
         return value
+
+    def str_list(self, name: str, default: list[str]) -> list[str]:
+        """A list whose every element is a string (a stray number would crash later)."""
+        values: list[Any] = self.get(name, list, default)
+        for v in values:
+            if not isinstance(v, str):
+                raise ConfigError(self.source, self.key(name), f"expected a list of strings, "
+                                                              f"got element {v!r}")
+        return values
 
     def duration(self, name: str, default: timedelta) -> timedelta:
         self.used.add(name)
@@ -236,7 +246,7 @@ def parse_config(raw: Mapping[str, Any], source: str, base_dir: Path) -> ServerC
                               srv.key("listen"), source)
     data_dir = (base_dir / srv.get("data_dir", str, str(d.data_dir))).resolve()
     base_url = srv.get("base_url", str, "") or None
-    tls_names = tuple(srv.get("tls_names", list, list(d.tls_names)))
+    tls_names = tuple(srv.str_list("tls_names", list(d.tls_names)))
     srv.done()
 
     ca = root.table("ca")
@@ -281,7 +291,9 @@ def _parse_acme(sec: _Section, d: AcmeSettings) -> AcmeSettings:
     if eab not in ("off", "optional", "required"):
         raise ConfigError(sec.source, sec.key("external_account_binding"),
                           "must be 'off', 'optional' or 'required'")
-    keys = tuple(sec.get("allowed_keys", list, list(d.allowed_keys)))
+    keys = tuple(sec.str_list("allowed_keys", list(d.allowed_keys)))
+    if not keys:  # an empty list would refuse every CSR
+        raise ConfigError(sec.source, sec.key("allowed_keys"), "name at least one key type")
     for k in keys:
         if k not in KEY_TYPES:
             raise ConfigError(sec.source, sec.key("allowed_keys"), f"{k!r} is not one of {', '.join(KEY_TYPES)}")
@@ -299,8 +311,8 @@ def _parse_acme(sec: _Section, d: AcmeSettings) -> AcmeSettings:
         backdate=sec.duration("backdate", d.backdate),
         retry_after_seconds=sec.get("retry_after_seconds", int, d.retry_after_seconds),
         allowed_keys=keys,
-        allowed_contact_schemes=tuple(sec.get("allowed_contact_schemes", list,
-                                              list(d.allowed_contact_schemes))),
+        allowed_contact_schemes=tuple(sec.str_list("allowed_contact_schemes",
+                                                   list(d.allowed_contact_schemes))),
     )
     sec.done()
     return out
@@ -314,7 +326,7 @@ def _parse_identifiers(sec: _Section, d: IdentifierPolicy) -> IdentifierPolicy:
         suffixes.append("." + s.lower().strip("."))
     out = IdentifierPolicy(
         dns_suffixes=tuple(suffixes),
-        dns_patterns=tuple(p.lower() for p in sec.get("dns_patterns", list, list(d.dns_patterns))),
+        dns_patterns=tuple(p.lower() for p in sec.str_list("dns_patterns", list(d.dns_patterns))),
         allow_ip=sec.get("allow_ip", bool, d.allow_ip),
         allow_wildcard=sec.get("allow_wildcard", bool, d.allow_wildcard),
         max_identifiers=sec.get("max_identifiers", int, d.max_identifiers),

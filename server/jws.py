@@ -11,6 +11,7 @@ import base64
 import binascii
 import hashlib
 import json
+import re
 from dataclasses import dataclass
 from typing import Any
 
@@ -29,9 +30,16 @@ _HASH = {"ES256": hashes.SHA256(), "ES384": hashes.SHA384(), "RS256": hashes.SHA
 MIN_RSA_BITS = 2048
 
 
+_B64URL = re.compile(r"[A-Za-z0-9_-]*")
+
+
 def b64d(value: Any, what: str) -> bytes:
+    """Strict base64url without padding (RFC 7515 §2): Python's decoder would silently drop
+    characters outside the alphabet and accept '=', '+' and '/'."""
     if not isinstance(value, str):
         raise malformed(f"{what} is not a base64url string")
+    if not _B64URL.fullmatch(value) or len(value) % 4 == 1:
+        raise malformed(f"{what} is not valid base64url (unpadded, RFC 7515 §2)")
     try:
         return base64.urlsafe_b64decode(value + "=" * (-len(value) % 4))
     except (binascii.Error, ValueError):

@@ -27,6 +27,10 @@ def normalize(ident: Identifier) -> Identifier:
         return Identifier("dns", ident.value.lower().rstrip("."))
     if ident.type == "ip":
         try:
+            # A zone id ("fe80::1%eth0") names an interface of this host, not the node's
+            # address, and cannot be put in a certificate: refuse it.
+            if "%" in ident.value:
+                raise ValueError(ident.value)
             return Identifier("ip", str(ipaddress.ip_address(ident.value)))
         except ValueError:
             raise AcmeProblem("malformed", f"ip identifier {ident.value!r} is not an IP address",

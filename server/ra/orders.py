@@ -55,7 +55,9 @@ class OrderService:
             raise malformed("identifiers must be a list of {type, value} objects")
         idents = check_identifiers([Identifier(i["type"], i["value"]) for i in raw], cfg.identifiers)
 
-        profile = payload.get("profile", cfg.default_profile)
+        profile = payload.get("profile")
+        if profile is None:  # JSON null is "not given", as for every optional field
+            profile = cfg.default_profile
         if not isinstance(profile, str) or profile not in cfg.profiles:
             raise AcmeProblem("invalidProfile", f"unknown profile {profile!r}; this server offers "
                               f"{', '.join(sorted(cfg.profiles))}")

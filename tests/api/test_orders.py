@@ -209,6 +209,13 @@ async def test_unknown_profile_is_invalid_profile(harness: Harness) -> None:
     assert_problem(r, 400, "invalidProfile", "5")
 
 
+async def test_null_profile_means_the_default(harness: Harness) -> None:
+    c = await harness.account()
+    r = await c.new_order("p.test", profile=None)
+    assert r.status == 201, r.body
+    assert r.json["profile"] == "default"
+
+
 async def test_shortlived_profile_issues_six_hour_certificate(harness: Harness) -> None:
     c = await harness.account()
     fin, chain, _ = await harness.issue(c, "short.test", profile="shortlived")
@@ -291,6 +298,9 @@ async def test_not_after_past_the_issuing_ca_is_refused_at_new_order(
     r = await c.new_order("w.test", profile="decade",
                           notAfter=_ts(_now() + timedelta(days=3000)))
     assert_problem(r, 400, "malformed", "notAfter", "issuing CA")
+    r = await c.new_order("w.test", profile="decade",
+                          notBefore=_ts(_now() + timedelta(days=1)))
+    assert_problem(r, 400, "malformed", "notBefore", "'decade'", "issuing CA")
 
 
 # -- rate limits -----------------------------------------------------------------------------

@@ -1,0 +1,152 @@
+"""HTTP/1.1 pieces of the proxy: header hygiene, request targets, message heads.
+
+Hop-by-hop fields (RFC 9110 §7.6.1) are removed both ways: Connection and every field it names,
+Keep-Alive, TE, Trailer, Transfer-Encoding (the gateway re-frames bodies itself), Upgrade (except
+on the WebSocket path, which re-adds it), Proxy-Connection and every Proxy-* field. Inbound
+identity fields are removed too, so the upstream sees only what the gateway vouches for.
+"""
+
+from __future__ import annotations
+
+import httptools
+
+__all__ = ["Head", "normalize_host", "normalize_target", "response_head", "scan_headers"]
+
+HOP_BY_HOP = frozenset((b"connection", b"keep-alive", b"te", b"trailer", b"transfer-encoding",
+                        b"upgrade"))
+# The gateway sets these itself; a client must not be able to pre-fill them.
+IDENTITY = frozenset((b"x-forwarded-client-cert", b"x-forwarded-for", b"x-forwarded-proto",
+                      b"x-forwarded-host", b"forwarded"))
+DROP_PREFIXES = (b"proxy-", b"x-nodetrust-")
+RESPONSE_DROP_PREFIXES = (b"proxy-",)
+
+
+class Head:
+    """What scan_headers learned from one message's fields."""
+
+    __slots__ = ("chunked", "connection", "content_length", "host", "lines", "upgrade")
+
+    def __init__(self) -> None:
+        self.lines: list[bytes] = []         # kept fields, "name: value\r\n"
+        self.host: bytes | None = None
+        self.upgrade: bytes | None = None    # lower-cased Upgrade value
+        self.connection: set[bytes] = set()  # lower-cased Connection tokens
+        self.chunked = False
+        self.content_length = False
+
+
+def scan_headers(raw: list[tuple[bytes, bytes]], drop: frozenset[bytes],
+                 prefixes: tuple[bytes, ...]) -> Head | None:
+    """Sort fields into kept lines and framing facts; None if malformed (two Host fields)."""
+    h = Head()
+    named: list[tuple[bytes, bytes]] = []
+    for name, value in raw:
+        lname = name.lower()
+        if lname == b"host":
+            if h.host is not None:
+                return None  # RFC 9112 §3.2: more than one Host field is a 400
+            h.host = value
+        elif lname == b"connection":
+            h.connection.update(t.strip().lower() for t in value.split(b","))
+            continue
+        elif lname == b"transfer-encoding":
+            h.chunked = value.rsplit(b",", 1)[-1].strip().lower() == b"chunked"
+            continue
+        elif lname == b"content-length":
+            h.content_length = True
+        elif lname == b"upgrade":
+            h.upgrade = value.strip().lower()
+            continue
+        if lname in HOP_BY_HOP or lname in drop or lname.startswith(prefixes):
+            continue
+        named.append((lname, name + b": " + value + b"\r\n"))
+    # Fields the Connection header names are hop-by-hop too (rare: skip the filter when absent).
+    extra = h.connection - {b"close", b"keep-alive", b"upgrade"}
+    h.lines = [line for lname, line in named if lname not in extra] if extra else \
+        [line for _, line in named]
+    return h
+
+
+def normalize_host(host: bytes) -> str:
+    """Host field -> the name policies match: lower case, no port."""
+    text = host.decode("latin-1").strip().lower()
+    if text.startswith("["):
+        return text.partition("]")[0] + "]"
+    return text.rpartition(":")[0] if text.count(":") == 1 else text
+
+
+_UNRESERVED = frozenset(b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-._~")
+_HEX = frozenset(b"0123456789abcdefABCDEF")
+
+
+def normalize_target(target: bytes) -> tuple[str, bytes, bytes | None] | None:
+    """Request target -> (path for policy, target to forward, host from absolute-form).
+
+    What the upstream receives is exactly what the policy matched: percent-encoded unreserved
+    characters are decoded, dot segments removed and slashes merged (RFC 3986 §6.2.2), so
+    "/public/../admin" or "/%61dmin" cannot slip past a rule for "/admin". Encoded "/" or "\\"
+    and NUL are refused (None), as are targets that are not origin- or absolute-form.
+    """
+    host = None
+    if not target.startswith(b"/"):
+        if target == b"*":
+            return "*", target, None
+        if not target[:8].lower().startswith((b"http://", b"https://")):
+            return None
+        try:
+            url = httptools.parse_url(target)
+        except httptools.HttpParserInvalidURLError:
+            return None
+        host = url.host
+        target = (url.path or b"/") + (b"?" + url.query if url.query else b"")
+    path, sep, query = target.partition(b"?")
+    path = path.partition(b"#")[0]
+    if b"\\" in path:
+        return None
+    if b"%" not in path and b"/." not in path and b"//" not in path:
+        return path.decode("latin-1"), target, host
+    norm = _normalize_path(path)
+    if norm is None:
+        return None
+    return norm.decode("latin-1"), norm + (b"?" + query if sep else b""), host
+
+
+def _normalize_path(path: bytes) -> bytes | None:
+    out = bytearray()
+    i = 0
+    while i < len(path):
+        c = path[i]
+        if c == 0x25:  # '%'
+            pair = path[i + 1:i + 3]
+            if len(pair) != 2 or not set(pair) <= _HEX:
+                return None
+            byte = int(pair, 16)
+            if byte in (0x2F, 0x5C, 0x00):  # encoded / \ NUL: ambiguous to upstream routers
+                return None
+            out += bytes([byte]) if byte in _UNRESERVED else b"%" + pair.upper()
+            i += 3
+        else:
+            out.append(c)
+            i += 1
+    segments: list[bytes] = []
+    parts = bytes(out).split(b"/")[1:]
+    for n, seg in enumerate(parts):
+        last = n == len(parts) - 1
+        if seg == b"..":
+            if segments:
+                segments.pop()
+            if last:
+                segments.append(b"")
+        elif seg == b".":
+            if last:
+                segments.append(b"")
+        elif seg or last:
+            segments.append(seg)
+    return b"/" + b"/".join(segments)
+
+
+def response_head(version: bytes, status: int, reason: bytes, lines: list[bytes],
+                  framing: bytes) -> bytes:
+    """Status line + kept fields + framing/connection fields + blank line."""
+    return b"".join((version, b" ", str(status).encode(), b" ", reason, b"\r\n",
+                     *lines, framing, b"\r\n"))
