@@ -1,6 +1,7 @@
 """The application factory: config in, a ready aiohttp app out; no globals."""
 from __future__ import annotations
 
+import asyncio
 import logging
 from typing import AsyncIterator
 
@@ -66,8 +67,9 @@ def create_app(cfg: ServerConfig, *, ca: CertificateAuthority | None = None,
     app.on_shutdown.append(release_feed)
 
     async def lifecycle(app: web.Application) -> AsyncIterator[None]:
+        store.start_writer(asyncio.get_running_loop())
         feed.start()
-        finished = issuance.resume()
+        finished = await issuance.resume()
         resumed = orders.resume()
         if finished or resumed:
             log.info("resumed after restart: %d order(s) finalized, %d validation(s) restarted",

@@ -365,6 +365,7 @@ def _parse_validation(sec: _Section, d: ValidationSettings) -> ValidationSetting
         timeout=sec.duration("timeout", timedelta(seconds=d.timeout)).total_seconds(),
         hosts={k.lower(): v for k, v in hosts.items()},
         dns_server=sec.get("dns_server", str, "") or None,
+        respond_wait=sec.duration("respond_wait", timedelta(seconds=d.respond_wait)).total_seconds(),
     )
     sec.done()
     return out

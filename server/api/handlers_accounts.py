@@ -18,7 +18,7 @@ async def new_account(ctx: ApiContext, request: web.Request, vr: VerifiedRequest
     payload = vr.payload()
     # The rate limit is checked before the account is stored (it used to run after the
     # insert, so a "rateLimited" reply still left a new account behind).
-    acct, created = ctx.accounts.new_account(
+    acct, created = await ctx.accounts.new_account(
         vr.jws, vr.jwk, payload, ctx.links.new_account(),
         admit=lambda: ctx.new_account_limit.check(request.remote or "?"))
     return json_response(render.account(acct, ctx.links), status=201 if created else 200,
@@ -36,7 +36,7 @@ async def account(ctx: ApiContext, request: web.Request, vr: VerifiedRequest) ->
     _own_account(ctx, request, vr)
     acct = vr.require_account()
     if not vr.is_post_as_get:
-        acct = ctx.accounts.update(acct, vr.payload())
+        acct = await ctx.accounts.update(acct, vr.payload())
     return json_response(render.account(acct, ctx.links), location=ctx.links.account(acct.id))
 
 
@@ -56,6 +56,6 @@ async def key_change(ctx: ApiContext, request: web.Request, vr: VerifiedRequest)
     acct = vr.require_account()
     if vr.is_post_as_get:
         raise malformed("keyChange needs an inner JWS as payload")
-    updated = ctx.accounts.key_change(acct, vr.url, ctx.links.account(acct.id), vr.jws.payload,
+    updated = await ctx.accounts.key_change(acct, vr.url, ctx.links.account(acct.id), vr.jws.payload,
                                       url_of=ctx.links.account)
     return json_response(render.account(updated, ctx.links), location=ctx.links.account(acct.id))

@@ -52,9 +52,9 @@ async def certificate(ctx: ApiContext, request: web.Request, vr: VerifiedRequest
 async def revoke_cert(ctx: ApiContext, request: web.Request, vr: VerifiedRequest) -> web.Response:
     payload = vr.payload()
     if vr.account is not None:
-        ctx.revocation.revoke_by_account(vr.account, payload)
+        await ctx.revocation.revoke_by_account(vr.account, payload)
     else:
-        ctx.revocation.revoke_by_key(vr.key, payload)
+        await ctx.revocation.revoke_by_key(vr.key, payload)
     return web.Response(status=200)
 
 

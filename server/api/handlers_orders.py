@@ -14,7 +14,7 @@ async def new_order(ctx: ApiContext, request: web.Request, vr: VerifiedRequest) 
     acct = vr.require_account()
     payload = vr.payload()
     ctx.new_order_limit.check(acct.id)
-    order = ctx.orders.new_order(acct, payload)
+    order = await ctx.orders.new_order(acct, payload)
     return json_response(render.order(order, ctx.links), status=201,
                          location=ctx.links.order(order.id))
 
@@ -27,15 +27,15 @@ def _order_response(ctx: ApiContext, order_id: str, body: dict[str, object], sta
 async def order(ctx: ApiContext, request: web.Request, vr: VerifiedRequest) -> web.Response:
     if not vr.is_post_as_get:
         raise malformed("fetch an order with POST-as-GET (empty payload)")
-    o = ctx.orders.get_order(vr.require_account(), request.match_info["id"])
+    o = await ctx.orders.get_order(vr.require_account(), request.match_info["id"])
     return _order_response(ctx, o.id, render.order(o, ctx.links), o.status)
 
 
 async def finalize(ctx: ApiContext, request: web.Request, vr: VerifiedRequest) -> web.Response:
     acct = vr.require_account()
     payload = vr.payload()
-    o = ctx.orders.get_order(acct, request.match_info["id"])
-    o = ctx.issuance.finalize(acct, o, payload)
+    o = await ctx.orders.get_order(acct, request.match_info["id"])
+    o = await ctx.issuance.finalize(acct, o, payload)
     return _order_response(ctx, o.id, render.order(o, ctx.links), o.status)
 
 
@@ -48,7 +48,7 @@ async def authz(ctx: ApiContext, request: web.Request, vr: VerifiedRequest) -> w
         if vr.payload().get("status") != Status.DEACTIVATED:
             raise malformed("the only change a client may make to an authorization is "
                             '{"status": "deactivated"}')
-        a = ctx.orders.deactivate_authz(acct, authz_id)
+        a = await ctx.orders.deactivate_authz(acct, authz_id)
     retry = ctx.cfg.acme.retry_after_seconds if a.status == Status.PENDING else None
     return json_response(render.authorization(a, ctx.links), location=ctx.links.authz(a.id),
                          retry_after=retry)
@@ -61,7 +61,7 @@ async def challenge(ctx: ApiContext, request: web.Request, vr: VerifiedRequest) 
         ch, a = ctx.orders.challenge_for(acct, chall_id)
     else:
         vr.payload()  # any JSON object means "validate now" (§7.5.1); content is type-specific
-        ch, a = ctx.orders.respond(acct, chall_id)
+        ch, a = await ctx.orders.respond(acct, chall_id)
     retry = ctx.cfg.acme.retry_after_seconds if ch.status == Status.PROCESSING else None
     return json_response(render.challenge(ch, ctx.links),
                          links=(f'<{ctx.links.authz(a.id)}>;rel="up"',), retry_after=retry)

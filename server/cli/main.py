@@ -1,12 +1,13 @@
 """`nodetrust`: the operator CLI. Works on the server's data dir (SQLite in WAL mode lets it
-run beside a live server)."""
+run beside a live server). `enroll` is the node client and needs no data dir; `demo` only
+the data dir's demo manufacturer folder."""
 from __future__ import annotations
 
 import argparse
 import sys
 from pathlib import Path
 
-from server.cli import eab
+from server.cli import demo_cmd, eab, enroll_cmd
 from server.cli.output import CliError
 from server.config import DEFAULT_CONFIG, ConfigError, load_config
 from server.store.repo import Store
@@ -19,13 +20,19 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--json", action="store_true", help="machine-readable output")
     sub = p.add_subparsers(dest="cmd", required=True)
     eab.add_parser(sub)
+    enroll_cmd.add_parser(sub)
+    demo_cmd.add_parser(sub)
     return p.parse_args(argv)
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     try:
+        if args.cmd == "enroll":
+            return enroll_cmd.run(args)
         cfg = load_config(args.config).with_overrides(data_dir=args.data_dir)
+        if args.cmd == "demo":
+            return demo_cmd.run(args, cfg.data_dir)
         if not cfg.db_path.exists():
             raise CliError(f"no nodetrust database at {cfg.db_path}: start nodetrust-server once "
                            "or pass --data-dir")

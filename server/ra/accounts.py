@@ -41,7 +41,7 @@ class AccountService:
                 raise AcmeProblem("invalidContact", f"{c!r} is not a single plain email address")
         return list(contact)
 
-    def new_account(self, jws: ParsedJWS, jwk: dict[str, Any], payload: dict[str, Any],
+    async def new_account(self, jws: ParsedJWS, jwk: dict[str, Any], payload: dict[str, Any],
                     new_account_url: str, *,
                     admit: Callable[[], None] | None = None) -> tuple[Account, bool]:
         """Returns (account, created). An existing key returns its account (§7.3.1).
@@ -74,7 +74,7 @@ class AccountService:
             admit()
         acct = Account(id=new_id(), thumbprint=tp, jwk=public_jwk(jwk), status=Status.VALID,
                        contact=contact, created_at=self.d.now(), tos_agreed=agreed, eab_kid=eab_kid)
-        if not self.d.store.insert_account(acct):
+        if not await self.d.store.write(self.d.store.insert_account, acct):
             again = self.d.store.get_account_by_thumbprint(tp)
             if again is not None:  # a concurrent newAccount with the same key won
                 return again, False
@@ -110,7 +110,7 @@ class AccountService:
             raise malformed("externalAccountBinding payload is not the account key")
         return kid
 
-    def update(self, account: Account, payload: dict[str, Any]) -> Account:
+    async def update(self, account: Account, payload: dict[str, Any]) -> Account:
         status = payload.get("status")
         if status is not None and status != Status.DEACTIVATED and status != account.status:
             raise malformed("the only status a client may set is 'deactivated'")
@@ -118,14 +118,14 @@ class AccountService:
         if status == Status.DEACTIVATED or contact is not None:
             # Only an explicit "deactivated" deactivates: a client echoing its current
             # status ("valid") alongside a contact change used to deactivate the account.
-            self.d.store.update_account(account.id, contact=contact,
+            await self.d.store.write(self.d.store.update_account, account.id, contact=contact,
                                         status=Status.DEACTIVATED
                                         if status == Status.DEACTIVATED else None)
         updated = self.d.store.get_account(account.id)
         assert updated is not None
         return updated
 
-    def key_change(self, account: Account, outer_url: str, account_url: str,
+    async def key_change(self, account: Account, outer_url: str, account_url: str,
                    payload: bytes, *, url_of: Callable[[str], str] | None = None) -> Account:
         """§7.3.5: the inner JWS, signed by the new key, names the account and the old key."""
         inner = parse_jws(payload)
@@ -146,7 +146,7 @@ class AccountService:
         if new_tp == account.thumbprint:
             raise malformed("keyChange new key equals the old key")
         holder = self.d.store.get_account_by_thumbprint(new_tp)
-        if holder is not None or not self.d.store.change_account_key(account.id,
+        if holder is not None or not await self.d.store.write(self.d.store.change_account_key, account.id,
                                                                      public_jwk(new_jwk), new_tp):
             holder = holder or self.d.store.get_account_by_thumbprint(new_tp)
             # §7.3.5: the 409 SHOULD carry the URL of the account holding the key in Location

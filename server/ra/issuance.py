@@ -37,7 +37,7 @@ class IssuanceService:
         self.d = deps
         self.crl_url = crl_url
 
-    def finalize(self, account: Account, order: Order, payload: dict[str, Any]) -> Order:
+    async def finalize(self, account: Account, order: Order, payload: dict[str, Any]) -> Order:
         if order.status != Status.READY:
             raise AcmeProblem("orderNotReady", f"the order is {order.status}, not ready: "
                               "finalize after every authorization is valid", status=403)
@@ -54,13 +54,13 @@ class IssuanceService:
             # e.g. an order with notAfter that was finalized too late: it can never succeed.
             error = {"type": "urn:ietf:params:acme:error:malformed",
                      "detail": f"the order's notAfter {not_after.isoformat()} has passed"}
-            self.d.store.set_order_status(order.id, Status.INVALID, expect=Status.READY, error=error)
+            await self.d.store.write(self.d.store.set_order_status, order.id, Status.INVALID, expect=Status.READY, error=error)
             raise malformed(error["detail"] + "; place a new order")
         self._check(account, order, csr_der)
-        if not self.d.store.set_order_status(order.id, Status.PROCESSING, expect=Status.READY,
+        if not await self.d.store.write(self.d.store.set_order_status, order.id, Status.PROCESSING, expect=Status.READY,
                                              csr_der=csr_der):
             raise AcmeProblem("orderNotReady", "the order is being finalized already", status=403)
-        return self._issue(order, csr_der)
+        return await self._issue(order, csr_der)
 
     def _check(self, account: Account, order: Order, csr_der: bytes) -> None:
         checked = check_csr(csr_der, allowed_keys=self.d.cfg.acme.allowed_keys)
@@ -86,7 +86,7 @@ class IssuanceService:
             not_after = min(not_after, self.d.ca.intermediate_cert.not_valid_after_utc)
         return not_before, not_after
 
-    def _issue(self, order: Order, csr_der: bytes) -> Order:
+    async def _issue(self, order: Order, csr_der: bytes) -> Order:
         checked = check_csr(csr_der, allowed_keys=self.d.cfg.acme.allowed_keys)
         not_before, not_after = self._validity(order)
         try:
@@ -101,7 +101,7 @@ class IssuanceService:
             log.error("CA refused order %s: %s", order.id, exc)
             error = {"type": "urn:ietf:params:acme:error:serverInternal",
                      "detail": f"the CA refused to sign: {exc}"}
-            self.d.store.set_order_status(order.id, Status.INVALID, expect=Status.PROCESSING,
+            await self.d.store.write(self.d.store.set_order_status, order.id, Status.INVALID, expect=Status.PROCESSING,
                                           error=error)
             raise AcmeProblem("serverInternal", error["detail"]) from None
         leaf = x509.load_der_x509_certificate(issued.der)
@@ -110,7 +110,7 @@ class IssuanceService:
                            not_before=issued.not_before, not_after=issued.not_after,
                            identifiers=order.identifiers, key_fingerprint=checked.key_fingerprint,
                            ari_id=cert_id(leaf))
-        if not self.d.store.complete_order(order.id, cert):
+        if not await self.d.store.write(self.d.store.complete_order, order.id, cert):
             raise AcmeProblem("orderNotReady", "the order changed while it was being finalized")
         log.info("issued %s for %s (order %s, profile %s)", cert.serial,
                  ",".join(i.value for i in order.identifiers), order.id, order.profile)
@@ -118,17 +118,17 @@ class IssuanceService:
         assert done is not None
         return done
 
-    def resume(self) -> int:
+    async def resume(self) -> int:
         """Finish orders a crash left in `processing`."""
         n = 0
         for order in self.d.store.orders_processing():
             if order.csr_der is None:
-                self.d.store.set_order_status(order.id, Status.INVALID, expect=Status.PROCESSING,
+                await self.d.store.write(self.d.store.set_order_status, order.id, Status.INVALID, expect=Status.PROCESSING,
                                               error={"type": "urn:ietf:params:acme:error:serverInternal",
                                                      "detail": "finalize was interrupted"})
                 continue
             try:
-                self._issue(order, order.csr_der)
+                await self._issue(order, order.csr_der)
                 n += 1
             except AcmeProblem as p:
                 log.error("could not finish order %s after restart: %s", order.id, p)

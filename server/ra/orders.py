@@ -46,7 +46,7 @@ class OrderService:
         self._tasks: set[asyncio.Task[None]] = set()
 
     # -- newOrder --------------------------------------------------------------------
-    def new_order(self, account: Account, payload: dict[str, Any]) -> Order:
+    async def new_order(self, account: Account, payload: dict[str, Any]) -> Order:
         cfg, now = self.d.cfg, self.d.now()
         raw = payload.get("identifiers")
         if not isinstance(raw, list) or not all(
@@ -114,8 +114,8 @@ class OrderService:
         order = Order(id=new_id(), account_id=account.id, status=Status.PENDING, identifiers=idents,
                       authz_ids=authz_ids, expires=min(order_expires, authz_expires), profile=profile,
                       not_before=not_before, not_after=not_after, replaces=replaces, created_at=now)
-        self.d.store.insert_order(order, new_authzs)
-        return self.refresh(order)
+        await self.d.store.write(self.d.store.insert_order, order, new_authzs)
+        return await self.refresh(order)
 
     def _new_authz(self, account_id: str, ident: Identifier, expires: datetime) -> Authorization:
         authz_id = new_id()
@@ -154,13 +154,13 @@ class OrderService:
         return replaces
 
     # -- reads -----------------------------------------------------------------------
-    def get_order(self, account: Account, order_id: str) -> Order:
+    async def get_order(self, account: Account, order_id: str) -> Order:
         order = self.d.store.get_order(order_id)
         if order is None or order.account_id != account.id:
             raise AcmeProblem("malformed", "no such order", status=404)
-        return self.refresh(order)
+        return await self.refresh(order)
 
-    def refresh(self, order: Order) -> Order:
+    async def refresh(self, order: Order) -> Order:
         """Derive pending/ready/invalid from the authorizations and expiry; persist changes."""
         now = self.d.now()
         if order.status not in (Status.PENDING, Status.READY):
@@ -185,7 +185,7 @@ class OrderService:
                   and all(a.status == Status.VALID for a in authzs)):
                 new_status = Status.READY
         if new_status != order.status:
-            if self.d.store.set_order_status(order.id, new_status, expect=order.status, error=error):
+            if await self.d.store.write(self.d.store.set_order_status, order.id, new_status, expect=order.status, error=error):
                 order.status, order.error = new_status, error
             else:
                 fresh = self.d.store.get_order(order.id)
@@ -201,11 +201,11 @@ class OrderService:
             authz.status = Status.EXPIRED
         return authz
 
-    def deactivate_authz(self, account: Account, authz_id: str) -> Authorization:
+    async def deactivate_authz(self, account: Account, authz_id: str) -> Authorization:
         authz = self.authz_for(account, authz_id)
         if authz.status not in (Status.PENDING, Status.VALID):
             raise malformed(f"an authorization in state {authz.status} cannot be deactivated")
-        self.d.store.set_authz_status(authz.id, Status.DEACTIVATED, expect=authz.status)
+        await self.d.store.write(self.d.store.set_authz_status, authz.id, Status.DEACTIVATED, expect=authz.status)
         return self.authz_for(account, authz_id)
 
     def challenge_for(self, account: Account, challenge_id: str) -> tuple[Challenge, Authorization]:
@@ -217,22 +217,29 @@ class OrderService:
         return chall, authz
 
     # -- validation ------------------------------------------------------------------
-    def respond(self, account: Account, challenge_id: str) -> tuple[Challenge, Authorization]:
-        """The client says it is ready: validate in the background (§7.5.1)."""
+    async def respond(self, account: Account, challenge_id: str) -> tuple[Challenge, Authorization]:
+        """The client says it is ready: validate in the background (§7.5.1), answering as soon
+        as the result is in or after `validation.respond_wait`, whichever comes first."""
         chall, authz = self.challenge_for(account, challenge_id)
         if authz.status == Status.EXPIRED:
             raise malformed("the authorization has expired")
         if chall.status == Status.PENDING and authz.status == Status.PENDING:
-            if self.d.store.start_challenge(chall.id):
-                chall.status = Status.PROCESSING
-                self._spawn(chall, authz, account.thumbprint)
+            if await self.d.store.write(self.d.store.start_challenge, chall.id):
+                task = self._spawn(chall, authz, account.thumbprint)
+                wait = self.d.cfg.validation.respond_wait
+                if wait > 0:
+                    # shield: a client that hangs up must not cancel the validation
+                    await asyncio.wait({asyncio.shield(task)}, timeout=wait)
+                return self.challenge_for(account, challenge_id)
         return chall, authz
 
-    def _spawn(self, chall: Challenge, authz: Authorization, account_thumbprint: str) -> None:
+    def _spawn(self, chall: Challenge, authz: Authorization,
+               account_thumbprint: str) -> asyncio.Task[None]:
         task = asyncio.get_running_loop().create_task(
             self._validate(chall, authz, f"{chall.token}.{account_thumbprint}"))
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
+        return task
 
     async def _validate(self, chall: Challenge, authz: Authorization, key_authz: str) -> None:
         ident = authz.identifier
@@ -252,8 +259,8 @@ class OrderService:
             error = ValidationFailure("serverInternal", "validation failed internally").to_json()
         if error:
             error["identifier"] = ident.to_json()
-        self.d.store.finish_challenge(chall.id, authz.id, valid=error is None, when=self.d.now(),
-                                      error=error)
+        await self.d.store.write(self.d.store.finish_challenge, chall.id, authz.id,
+                                 valid=error is None, when=self.d.now(), error=error)
         log.info("challenge %s %s for %s: %s", chall.id, chall.type, ident.value,
                  "valid" if error is None else f"invalid ({error['detail']})")
 

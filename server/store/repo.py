@@ -6,18 +6,24 @@ With `synchronous=full` (the default) a commit is on disk before the caller answ
 """
 from __future__ import annotations
 
+import asyncio
 import json
 import sqlite3
+import threading
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
-from typing import Any, Callable, Iterable, Iterator
+from typing import Any, Callable, Iterable, Iterator, ParamSpec, TypeVar
 
 import sqlite_utils
 
 from server.models import (Account, Authorization, Certificate, Challenge, EabKey, Identifier,
                            Order, Status)
 from server.store.schema import migrate
+from server.store.writer import GroupCommitWriter
+
+P = ParamSpec("P")
+T = TypeVar("T")
 
 
 def _ts(dt: datetime | None) -> str | None:
@@ -39,38 +45,85 @@ def _idents_json(idents: Iterable[Identifier]) -> str:
 class Store:
     def __init__(self, path: Path, *, synchronous: str = "full") -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
-        conn = sqlite3.connect(str(path), isolation_level=None, check_same_thread=False)
-        conn.row_factory = sqlite3.Row
-        self.db = sqlite_utils.Database(conn)
+        self._path, self._synchronous = path, synchronous
+        self._main_conn = self._connect()
+        self._local = threading.local()
+        self._writer: GroupCommitWriter | None = None
+        self.db = sqlite_utils.Database(self._main_conn)
         self.db.enable_wal()
-        self.db.execute(f"PRAGMA synchronous={'FULL' if synchronous == 'full' else 'NORMAL'}")
-        self.db.execute("PRAGMA foreign_keys=ON")
-        self.db.execute("PRAGMA busy_timeout=5000")
-        self.conn = conn
-        # isolation_level=None: we open transactions ourselves, so one `with self._tx()`
-        # is exactly one commit.
         self.schema_version = self._migrate()
 
+    def _connect(self) -> sqlite3.Connection:
+        # isolation_level=None: transactions are opened explicitly, so one `with self._tx()`
+        # is exactly one commit (or one savepoint inside a group-commit batch).
+        conn = sqlite3.connect(str(self._path), isolation_level=None, check_same_thread=False)
+        conn.row_factory = sqlite3.Row
+        conn.execute("PRAGMA journal_mode=WAL")
+        conn.execute(f"PRAGMA synchronous={'FULL' if self._synchronous == 'full' else 'NORMAL'}")
+        conn.execute("PRAGMA foreign_keys=ON")
+        conn.execute("PRAGMA busy_timeout=5000")
+        return conn
+
+    @property
+    def conn(self) -> sqlite3.Connection:
+        """The writer thread's connection inside a batch, the main one everywhere else."""
+        return getattr(self._local, "conn", None) or self._main_conn
+
+    def _bind(self, conn: sqlite3.Connection | None,
+              after_commit: list[Callable[[], None]] | None) -> None:
+        self._local.conn = conn
+        self._local.after_commit = after_commit
+
+    def _after_commit(self, callback: Callable[[], None]) -> None:
+        """Run `callback` once the current write is durable (on the event loop when batched)."""
+        pending = getattr(self._local, "after_commit", None)
+        if pending is None:
+            callback()
+        else:
+            pending.append(callback)
+
+    def start_writer(self, loop: asyncio.AbstractEventLoop) -> None:
+        """From now on `write()` goes through the group-commit writer thread."""
+        if self._writer is None:
+            self._writer = GroupCommitWriter(self._connect, self._bind, loop)
+
+    async def write(self, fn: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
+        """Run one of this store's write methods durably without blocking the event loop."""
+        if self._writer is None:
+            return fn(*args, **kwargs)
+        result: T = await self._writer.submit(fn, args, kwargs)
+        return result
+
     def _migrate(self) -> int:
-        self.conn.isolation_level = ""  # sqlite-utils DDL inside `with conn:` transactions
+        self._main_conn.isolation_level = ""  # sqlite-utils DDL inside `with conn:` transactions
         try:
             return migrate(self.db)
         finally:
-            self.conn.isolation_level = None
+            self._main_conn.isolation_level = None
 
     def close(self) -> None:
-        self.conn.close()
+        if self._writer is not None:
+            self._writer.close()
+            self._writer = None
+        self._main_conn.close()
 
     class _Tx:
         def __init__(self, conn: sqlite3.Connection) -> None:
             self.conn = conn
+            self.nested = conn.in_transaction
 
         def __enter__(self) -> sqlite3.Connection:
-            self.conn.execute("BEGIN IMMEDIATE")
+            self.conn.execute("SAVEPOINT tx" if self.nested else "BEGIN IMMEDIATE")
             return self.conn
 
         def __exit__(self, exc_type: Any, *_: Any) -> None:
-            self.conn.execute("ROLLBACK" if exc_type else "COMMIT")
+            if not self.nested:
+                self.conn.execute("ROLLBACK" if exc_type else "COMMIT")
+            elif exc_type:
+                self.conn.execute("ROLLBACK TO tx")
+                self.conn.execute("RELEASE tx")
+            else:
+                self.conn.execute("RELEASE tx")
 
     def _tx(self) -> Store._Tx:
         return Store._Tx(self.conn)
@@ -343,7 +396,7 @@ class Store:
                           "FROM certificates WHERE serial = ?", (serial,))
         if done:
             for listener in self._revocation_listeners:
-                listener()
+                self._after_commit(listener)
         return done
 
     def revoked_certificates(self) -> Iterator[tuple[str, datetime, int | None]]:

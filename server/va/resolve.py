@@ -30,6 +30,9 @@ class ValidationSettings:
     # "ip:port" (or "[v6]:port", port defaults to 53) of a DNS server asked for A/AAAA;
     # None -> the system resolver, so /etc/hosts works
     dns_server: str | None = None
+    # How long a challenge response waits for its validation before answering
+    # `processing`: a fast validation then answers `valid` and saves the client a poll.
+    respond_wait: float = 2.0
 
 
 def ip_literal(name: str) -> str | None:

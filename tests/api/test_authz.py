@@ -111,7 +111,18 @@ async def test_unknown_authz_and_challenge(harness: Harness) -> None:
                    "no such challenge")
 
 
-async def test_challenge_response_processing_then_valid(harness: Harness) -> None:
+async def test_challenge_response_answers_valid_when_validation_is_quick(harness: Harness) -> None:
+    c, order, url = await _pending(harness, "quick.test")
+    ch = _http01((await c.post(url)).json)
+    harness.responder.tokens[ch["token"]] = f"{ch['token']}.{c.key.thumbprint}"
+    r = await c.post(ch["url"], {})  # validation.respond_wait (2 s) covers a loopback fetch
+    assert r.status == 200 and r.json["status"] == "valid", r.json
+    assert "Retry-After" not in r.headers
+    assert (await c.post(url)).json["status"] == "valid"
+
+
+async def test_challenge_response_processing_then_valid(make_harness: MakeHarness) -> None:
+    harness = await make_harness(validation={"respond_wait": "0s"})
     c, order, url = await _pending(harness, "valid.test")
     ch = _http01((await c.post(url)).json)
     harness.responder.tokens[ch["token"]] = f"{ch['token']}.{c.key.thumbprint}"

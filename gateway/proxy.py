@@ -1,0 +1,408 @@
+"""Client side of the proxy: one `ClientConn` (asyncio.Protocol + httptools) per TLS connection.
+
+Per request, inside the parser callback and before a byte goes upstream: the identity (parsed
+once per connection) is checked against the clock, the revocation state and the route policy
+(`Authorizer.check`). Allowed requests are written to a pooled upstream connection as they
+stream in; refusals are answered here. Responses are produced strictly in request order: a
+pipelined request waits in `queue` (reading paused) until the one before it is answered.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections import deque
+from typing import TYPE_CHECKING
+
+import httptools
+
+from gateway.http1 import DROP_PREFIXES, normalize_host, normalize_target, scan_headers
+from gateway.problems import problem_response
+
+if TYPE_CHECKING:
+    from gateway.identity import Identity
+    from gateway.server import Gateway
+    from gateway.upstream import UpstreamConn
+
+__all__ = ["ClientConn", "Exchange"]
+
+# Why the client transport is not being read (a bit each; reading resumes when all clear).
+PAUSE_PIPELINE, PAUSE_UPSTREAM, PAUSE_PENDING, PAUSE_UPGRADE = 1, 2, 4, 8
+PENDING_LIMIT = 256 * 1024  # body bytes held while the upstream connection is being set up
+_CLOSE_FIELD = b"connection: close\r\n"
+
+
+class _HeadersTooLarge(Exception):
+    pass
+
+
+class Exchange:
+    """One request/response pair."""
+
+    __slots__ = ("abandoned", "chunked_request", "client", "close_after", "connecting", "head",
+                 "host", "http10", "keep_alive", "method", "path", "pending", "pending_bytes",
+                 "refusal", "request_done", "response_finished", "response_started",
+                 "retryable", "rule", "status", "t_sent", "timer", "upstream",
+                 "upstream_seconds", "websocket", "ws_early")
+
+    def __init__(self, client: ClientConn, method: str, http10: bool, keep_alive: bool) -> None:
+        self.client = client
+        self.method, self.http10, self.keep_alive = method, http10, keep_alive
+        self.host = self.path = ""
+        self.rule = "-"
+        self.head = b""
+        self.refusal: tuple[int, str] | None = None
+        self.websocket = self.chunked_request = self.close_after = False
+        self.request_done = self.response_started = self.response_finished = False
+        self.abandoned = False
+        self.retryable = False
+        self.pending: list[bytes] | None = None
+        self.pending_bytes = 0
+        self.ws_early: list[bytes] = []
+        self.upstream: UpstreamConn | None = None
+        self.connecting: asyncio.Future[object] | None = None
+        self.timer: asyncio.TimerHandle | None = None
+        self.status = 0
+        self.t_sent = 0.0
+        self.upstream_seconds: float | None = None
+
+
+class ClientConn(asyncio.Protocol):
+    def __init__(self, gw: Gateway) -> None:
+        self.gw = gw
+        self.transport: asyncio.Transport | None = None
+        self.ident: Identity | None = None
+        self.parser = httptools.HttpRequestParser(self)
+        self.current: Exchange | None = None   # the exchange being answered
+        self.parsing: Exchange | None = None   # the exchange whose request is being read
+        self.queue: deque[Exchange] = deque()
+        self.spliced: UpstreamConn | None = None
+        self.ws_wait: Exchange | None = None
+        self.draining = False
+        self.closing = False
+        self.write_paused = False
+        self.last_active = 0.0
+        self._paused = 0
+        self._in_next = False
+        self._fwd = b""
+        self._raw: list[tuple[bytes, bytes]] = []
+        self._url = b""
+        self._header_bytes = 0
+        self._upgrade_ex: Exchange | None = None
+
+    # --- connection ----------------------------------------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        self.transport = transport
+        ssl_object = transport.get_extra_info("ssl_object")
+        der = ssl_object.getpeercert(binary_form=True) if ssl_object is not None else None
+        try:
+            self.ident = self.gw.identities.get(der) if der else None
+        except ValueError:
+            self.ident = None
+        if self.ident is None:  # CERT_REQUIRED makes this unreachable; fail closed regardless
+            transport.abort()
+            return
+        peer = transport.get_extra_info("peername")
+        addr = peer[0] if isinstance(peer, tuple) else ""
+        self._fwd = (f"x-forwarded-for: {addr}\r\nx-forwarded-proto: https\r\n".encode()
+                     + self.ident.headers)
+        self.last_active = self.gw.loop.time()
+        self.gw.connection_opened(self)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.closing = True
+        self.transport = None
+        self.gw.connection_closed(self)
+        for ex in (self.current, *self.queue):
+            if ex is None:
+                continue
+            ex.abandoned = True  # a pending connect hands its connection back to the pool
+            if ex.upstream is not None:
+                ex.upstream.detach()
+        if self.spliced is not None:
+            self.spliced.close()
+
+    def data_received(self, data: bytes) -> None:
+        self.last_active = self.gw.loop.time()
+        if self.spliced is not None:
+            if self.spliced.transport is not None:
+                self.spliced.transport.write(data)
+            return
+        if self.ws_wait is not None:  # bytes sent eagerly after an upgrade request
+            self.ws_wait.ws_early.append(data)
+            self._pause(PAUSE_UPGRADE)
+            return
+        if self.draining or self.closing:
+            return
+        try:
+            self.parser.feed_data(data)
+        except httptools.HttpParserUpgrade as e:
+            self._after_upgrade_request(data[e.args[0]:])
+        except httptools.HttpParserCallbackError as e:
+            if isinstance(e.__context__, _HeadersTooLarge):
+                self._fatal(431, "headers_too_large")
+            else:
+                raise
+        except httptools.HttpParserError:
+            self._fatal(400, "bad_request")
+
+    def eof_received(self) -> bool | None:
+        return False
+
+    def pause_writing(self) -> None:
+        # The client reads slower than the upstream sends: stop reading the upstream.
+        self.write_paused = True
+        up = self.spliced or (self.current.upstream if self.current else None)
+        if up is not None and up.transport is not None:
+            up.transport.pause_reading()
+
+    def resume_writing(self) -> None:
+        self.write_paused = False
+        up = self.spliced or (self.current.upstream if self.current else None)
+        if up is not None and up.transport is not None:
+            up.transport.resume_reading()
+
+    def _pause(self, why: int) -> None:
+        if not self._paused and self.transport is not None:
+            self.transport.pause_reading()
+        self._paused |= why
+
+    def _resume(self, why: int) -> None:
+        if self._paused & why:
+            self._paused &= ~why
+            if not self._paused and self.transport is not None and not self.closing:
+                self.transport.resume_reading()
+
+    def pause_for_upstream(self) -> None:
+        self._pause(PAUSE_UPSTREAM)
+
+    def resume_for_upstream(self) -> None:
+        self._resume(PAUSE_UPSTREAM)
+
+    def resume_for_pending(self) -> None:
+        self._resume(PAUSE_PENDING)
+
+    def write(self, data: bytes) -> None:
+        if self.transport is not None and not self.closing:
+            self.transport.write(data)
+
+    def writelines(self, parts: tuple[bytes, ...]) -> None:
+        if self.transport is not None and not self.closing:
+            self.transport.writelines(parts)
+
+    def close(self) -> None:
+        """Close after what is already written has been sent."""
+        self.closing = True
+        if self.transport is not None:
+            self.transport.close()
+
+    def abort(self) -> None:
+        self.closing = True
+        if self.transport is not None:
+            self.transport.abort()
+
+    def _fatal(self, status: int, reason: str) -> None:
+        # A malformed stream cannot be resynchronised: answer (if nothing is in flight) and close.
+        if self.current is None:
+            self.write(problem_response(status, reason, close=True))
+            self.gw.access_log.log(self.ident, "-", "", "", "-", status, None)
+        self.close()
+
+    # --- request parser callbacks -------------------------------------------------------------
+
+    def on_message_begin(self) -> None:
+        self._header_bytes = 0
+
+    def on_url(self, url: bytes) -> None:
+        self._url += url
+        self._header_bytes += len(url)
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        self._header_bytes += len(name) + len(value) + 4
+        if self._header_bytes > self.gw.cfg.max_header_bytes:
+            raise _HeadersTooLarge
+        self._raw.append((name, value))
+
+    def on_headers_complete(self) -> None:
+        p = self.parser
+        raw, self._raw = self._raw, []
+        url, self._url = self._url, b""
+        method_b = p.get_method()
+        ex = Exchange(self, method_b.decode("ascii"), p.get_http_version() == "1.0",
+                      p.should_keep_alive())
+        self.parsing = ex
+        head = scan_headers(raw, self.gw.drop_headers, DROP_PREFIXES)
+        target = normalize_target(url) if head is not None else None
+        if head is None or target is None or (head.host is None and not ex.http10
+                                               and target[2] is None):
+            ex.refusal, ex.close_after = (400, "bad_request"), True
+        elif ex.method == "CONNECT":
+            ex.refusal, ex.close_after = (405, "method_not_allowed"), True
+        else:
+            path, fwd_target, url_host = target
+            ex.host = normalize_host(url_host or head.host or b"")
+            ex.path = path
+            lines = head.lines
+            if url_host is not None:  # absolute-form: its authority replaces Host (RFC 9112)
+                lines = [ln for ln in lines if not ln[:5].lower() == b"host:"]
+            if url_host is not None or head.host is None:
+                lines.append(b"host: " + (url_host or self.gw.upstream_authority) + b"\r\n")
+            if head.upgrade is not None:
+                self._upgrade_ex = ex
+                ex.close_after = True  # after an upgrade the connection never returns to HTTP
+                ex.websocket = (head.upgrade == b"websocket" and b"upgrade" in head.connection
+                                and ex.method == "GET")
+            ex.chunked_request = head.chunked
+            ex.retryable = not head.chunked and not head.content_length
+            ex.head = b"".join((
+                method_b, b" ", fwd_target, b" HTTP/1.1\r\n", *lines,
+                b"transfer-encoding: chunked\r\n" if head.chunked else b"",
+                b"connection: upgrade\r\nupgrade: websocket\r\n" if ex.websocket else b"",
+                self._fwd, b"\r\n"))
+        if self.current is None and not self.queue:
+            self._start(ex)
+        else:
+            self.queue.append(ex)
+            self._pause(PAUSE_PIPELINE)
+
+    def on_body(self, chunk: bytes) -> None:
+        ex = self.parsing
+        if ex is None or ex.refusal is not None or ex.response_finished or self.closing:
+            return  # refused or already answered: the body is read and dropped
+        if ex.upstream is not None:
+            ex.upstream.send_body(chunk)
+            return
+        if ex.pending is None:
+            ex.pending = []
+        ex.pending.append(chunk)
+        ex.pending_bytes += len(chunk)
+        if ex.pending_bytes > PENDING_LIMIT:
+            self._pause(PAUSE_PENDING)
+
+    def on_message_complete(self) -> None:
+        ex, self.parsing = self.parsing, None
+        if ex is None:
+            return
+        ex.request_done = True
+        if ex.response_finished:
+            self._exchange_done(ex)
+        elif ex.upstream is not None:
+            ex.upstream.end_body()
+
+    def _after_upgrade_request(self, rest: bytes) -> None:
+        ex, self._upgrade_ex = self._upgrade_ex, None
+        if ex is not None and ex.websocket and ex.refusal is None and not ex.response_finished:
+            self.ws_wait = ex  # hold client bytes until the upstream says 101
+            if rest:
+                ex.ws_early.append(rest)
+        else:
+            self.draining = True  # answered (or refused) without upgrading; closes after
+
+    # --- exchanges -----------------------------------------------------------------------------
+
+    def _start(self, ex: Exchange) -> None:
+        self.current = ex
+        gw = self.gw
+        if ex.refusal is not None:
+            self._refuse(ex, *ex.refusal, "-")
+            return
+        assert self.ident is not None
+        d = gw.authz.check(self.ident, gw.clock(), gw.mono(), gw.revocation,
+                           ex.method, ex.host, ex.path)
+        ex.rule = d.rule
+        if not d.allowed:
+            gw.metrics.refused(d.reason)
+            if d.reason in ("revoked", "expired"):
+                ex.close_after = True  # this certificate will not get better on this connection
+            self._refuse(ex, d.status, d.reason, d.rule)
+            return
+        gw.metrics.allowed()
+        gw.pool.acquire(ex)
+
+    def _refuse(self, ex: Exchange, status: int, reason: str, rule: str) -> None:
+        ex.status = status
+        self.write(problem_response(status, reason, rule,
+                                    close=ex.close_after or not ex.keep_alive))
+        self.gw.access_log.log(self.ident, ex.method, ex.host, ex.path, rule, status, None)
+        ex.response_finished = True
+        self._exchange_done(ex)
+
+    def connection_field(self, ex: Exchange) -> bytes:
+        """Connection field for `ex`'s response head."""
+        if ex.close_after or not ex.keep_alive or self.closing or self.gw.stopping:
+            return _CLOSE_FIELD
+        return b"connection: keep-alive\r\n" if ex.http10 else b""
+
+    def upstream_failed(self, ex: Exchange, status: int, kind: str, detail: str = "") -> None:
+        if ex.abandoned or ex.response_finished:
+            return
+        self.gw.metrics.upstream_error(kind)
+        ex.upstream = None
+        if not ex.request_done:
+            ex.close_after = True  # the rest of the body has nowhere to go
+        reason = "upstream_timeout" if status == 504 else "upstream_unavailable"
+        ex.status = status
+        self.write(problem_response(status, reason, ex.rule,
+                                    close=ex.close_after or not ex.keep_alive))
+        self.gw.access_log.log(self.ident, ex.method, ex.host, ex.path, ex.rule, status, None)
+        ex.response_finished = True
+        self._exchange_done(ex)
+
+    def response_done(self, ex: Exchange, *, can_reuse: bool) -> None:
+        """The upstream's response has been written to the client in full."""
+        ex.response_finished = True
+        ex.upstream = None
+        if ex.upstream_seconds is not None:
+            self.gw.metrics.latency(ex.upstream_seconds)
+        self.gw.access_log.log(self.ident, ex.method, ex.host, ex.path, ex.rule, ex.status,
+                               ex.upstream_seconds)
+        if not can_reuse:
+            ex.close_after = True
+        self._exchange_done(ex)
+
+    def start_splice(self, ex: Exchange, rest: bytes) -> None:
+        """The upstream switched protocols: from now on bytes flow both ways untouched."""
+        up = ex.upstream
+        assert up is not None and up.transport is not None
+        self.spliced, self.ws_wait = up, None
+        self.gw.access_log.log(self.ident, ex.method, ex.host, ex.path, ex.rule, 101,
+                               ex.upstream_seconds)
+        if ex.upstream_seconds is not None:
+            self.gw.metrics.latency(ex.upstream_seconds)
+        if rest:
+            self.write(rest)
+        for chunk in ex.ws_early:
+            up.transport.write(chunk)
+        ex.ws_early = []
+        self._resume(PAUSE_UPGRADE)
+
+    def _exchange_done(self, ex: Exchange) -> None:
+        if not (ex.response_finished and (ex.request_done or ex.close_after)):
+            return  # still reading the request body of an answered (refused) request
+        if self.current is ex:
+            self.current = None
+        self._resume(PAUSE_UPSTREAM | PAUSE_PENDING)
+        self.last_active = self.gw.loop.time()
+        if ex.close_after or not ex.keep_alive or self.gw.stopping:
+            self.close()
+            return
+        self._next()
+
+    def _next(self) -> None:
+        # A loop, not recursion: a burst of pipelined refusals must not grow the stack.
+        if self._in_next:
+            return
+        self._in_next = True
+        try:
+            while self.current is None and self.queue and not self.closing:
+                self._start(self.queue.popleft())
+        finally:
+            self._in_next = False
+        if not self.queue:
+            self._resume(PAUSE_PIPELINE)
+
+    @property
+    def busy(self) -> bool:
+        return self.current is not None or bool(self.queue) or self.spliced is not None
+
