@@ -177,6 +177,8 @@ class CertificateAuthority:
         except x509.ExtensionNotFound:
             pub = intermediate_key.public_key()
             self._aki = x509.AuthorityKeyIdentifier.from_issuer_public_key(pub)
+        # The AKI keyIdentifier every leaf carries (ARI ids: base64url(AKI keyid).serial).
+        self.intermediate_ski: bytes = self._aki.key_identifier or b""
 
     @classmethod
     def load_or_create(

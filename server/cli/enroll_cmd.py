@@ -45,7 +45,7 @@ def _verify(ca_bundle: Path | None) -> str | bool:
 def _when(t: dt.datetime | None) -> str:
     if t is None:
         return "-"
-    delta = t - dt.datetime.now(dt.timezone.utc)
+    delta = t - dt.datetime.now(dt.UTC)
     hours, rest = divmod(int(abs(delta.total_seconds())), 3600)
     rel = f"{hours}h{rest // 60:02d}m"
     return f"{t:%Y-%m-%d %H:%M:%S} UTC ({'in ' + rel if delta.total_seconds() > 0 else rel + ' ago'})"
@@ -83,16 +83,18 @@ def run(args: argparse.Namespace) -> int:
              str(args.bootstrap_key), "--out", str(args.out)]
     if args.ca_bundle:
         again += ["--ca-bundle", str(args.ca_bundle)]
-    lines = [f"{result.action} device {result.device_id}"
-             + (f" (replacing {result.replaces})" if result.replaces else ""),
-             f"  certificate  {result.cert_path}  serial {result.serial}, valid until "
-             f"{_when(result.not_after)}",
+    how = ("device-attest-01 answered" if result.attested
+           else "an earlier valid authorization was reused")
+    replacing = f" (replacing {result.replaces})" if result.replaces else ""
+    lines = [f"{result.action} device {result.device_id}{replacing}",
+             (f"  certificate  {result.cert_path}  serial {result.serial}, valid until "
+              f"{_when(result.not_after)}"),
              *(f"  name         DNS {n}" for n in result.dns_names),
              *(f"  name         URI {u}" for u in result.uris),
-             f"  key          {result.key_path}  new P-256 key, mode 0600 (the bootstrap key "
-             "only signed the attestation)",
+             (f"  key          {result.key_path}  new P-256 key, mode 0600 (the bootstrap "
+              "key only signed the attestation)"),
              f"  account      {result.account}  key {args.out / 'account.key'}",
-             f"  attestation  {'device-attest-01 answered' if result.attested else 'an earlier valid authorization was reused'}",
+             f"  attestation  {how}",
              *(f"  note         {n}" for n in result.notes),
              f"  renew from   {_when(result.renew_from)}: {shlex.join(again)}"]
     print("\n".join(lines))

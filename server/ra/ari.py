@@ -21,7 +21,11 @@ def cert_id(cert: x509.Certificate) -> str:
     aki = cert.extensions.get_extension_for_class(x509.AuthorityKeyIdentifier).value
     if aki.key_identifier is None:
         raise ValueError("certificate has no AKI keyIdentifier")
-    return f"{b64e(aki.key_identifier)}.{b64e(serial_content_octets(cert.serial_number))}"
+    return make_cert_id(aki.key_identifier, cert.serial_number)
+
+
+def make_cert_id(aki_key_identifier: bytes, serial: int) -> str:
+    return f"{b64e(aki_key_identifier)}.{b64e(serial_content_octets(serial))}"
 
 
 def parse_cert_id(value: str) -> tuple[bytes, int]:

@@ -9,23 +9,21 @@ from __future__ import annotations
 
 import ipaddress
 import logging
-import re
 from datetime import datetime
 from typing import Any
 
 from cryptography import x509
 
 from server.ca import CAError, IssuedCertificate
-from server.csr import check_csr
+from server.csr import CheckedCSR, check_csr
 from server.errors import AcmeProblem, malformed
 from server.jws import b64d, jwk_of_public_key, thumbprint
 from server.models import Account, Certificate, Order, Status
-from server.ra.ari import cert_id
+from server.ra.ari import make_cert_id
 from server.ra.deps import Deps
 
 log = logging.getLogger("nodetrust.ra")
 
-_B64URL = re.compile(r"[A-Za-z0-9_-]+")
 
 
 def serial_hex(serial: int) -> str:
@@ -44,25 +42,22 @@ class IssuanceService:
         csr_b64 = payload.get("csr")
         if not isinstance(csr_b64, str):
             raise malformed("finalize needs a csr (base64url DER)")
-        # jws.b64d skips characters outside the alphabet, so junk would decode to a
-        # truncated CSR and surface as badCSR; RFC 8555 §7.4 wants base64url without padding.
-        if not _B64URL.fullmatch(csr_b64):
-            raise malformed("csr is not base64url (RFC 8555 §7.4: unpadded base64url DER)")
         csr_der = b64d(csr_b64, "csr")
         not_before, not_after = self._validity(order)
         if order.not_after is not None and not_after <= max(not_before, self.d.now()):
             # e.g. an order with notAfter that was finalized too late: it can never succeed.
             error = {"type": "urn:ietf:params:acme:error:malformed",
                      "detail": f"the order's notAfter {not_after.isoformat()} has passed"}
-            await self.d.store.write(self.d.store.set_order_status, order.id, Status.INVALID, expect=Status.READY, error=error)
+            await self.d.store.write(self.d.store.set_order_status, order.id, Status.INVALID,
+                                     expect=Status.READY, error=error)
             raise malformed(error["detail"] + "; place a new order")
-        self._check(account, order, csr_der)
-        if not await self.d.store.write(self.d.store.set_order_status, order.id, Status.PROCESSING, expect=Status.READY,
-                                             csr_der=csr_der):
+        checked = self._check(account, order, csr_der)
+        if not await self.d.store.write(self.d.store.set_order_status, order.id,
+                                        Status.PROCESSING, expect=Status.READY, csr_der=csr_der):
             raise AcmeProblem("orderNotReady", "the order is being finalized already", status=403)
-        return await self._issue(order, csr_der)
+        return await self._issue(order, checked)
 
-    def _check(self, account: Account, order: Order, csr_der: bytes) -> None:
+    def _check(self, account: Account, order: Order, csr_der: bytes) -> CheckedCSR:
         checked = check_csr(csr_der, allowed_keys=self.d.cfg.acme.allowed_keys)
         if checked.identifiers != order.identifiers:
             want = ", ".join(i.value for i in order.identifiers)
@@ -74,6 +69,7 @@ class IssuanceService:
         if self.d.store.key_in_use(checked.key_fingerprint):
             raise AcmeProblem("badCSR", "the CSR key was certified before; every certificate "
                               "needs a fresh key (reused keys are refused)")
+        return checked
 
     def _validity(self, order: Order) -> tuple[datetime, datetime]:
         now = self.d.now()
@@ -86,8 +82,7 @@ class IssuanceService:
             not_after = min(not_after, self.d.ca.intermediate_cert.not_valid_after_utc)
         return not_before, not_after
 
-    async def _issue(self, order: Order, csr_der: bytes) -> Order:
-        checked = check_csr(csr_der, allowed_keys=self.d.cfg.acme.allowed_keys)
+    async def _issue(self, order: Order, checked: CheckedCSR) -> Order:
         not_before, not_after = self._validity(order)
         try:
             issued: IssuedCertificate = self.d.ca.issue(
@@ -101,15 +96,14 @@ class IssuanceService:
             log.error("CA refused order %s: %s", order.id, exc)
             error = {"type": "urn:ietf:params:acme:error:serverInternal",
                      "detail": f"the CA refused to sign: {exc}"}
-            await self.d.store.write(self.d.store.set_order_status, order.id, Status.INVALID, expect=Status.PROCESSING,
-                                          error=error)
+            await self.d.store.write(self.d.store.set_order_status, order.id, Status.INVALID,
+                                     expect=Status.PROCESSING, error=error)
             raise AcmeProblem("serverInternal", error["detail"]) from None
-        leaf = x509.load_der_x509_certificate(issued.der)
         cert = Certificate(serial=serial_hex(issued.serial), account_id=order.account_id,
                            order_id=order.id, chain_pem=issued.chain_pem.decode(),
                            not_before=issued.not_before, not_after=issued.not_after,
                            identifiers=order.identifiers, key_fingerprint=checked.key_fingerprint,
-                           ari_id=cert_id(leaf))
+                           ari_id=make_cert_id(self.d.ca.intermediate_ski, issued.serial))
         if not await self.d.store.write(self.d.store.complete_order, order.id, cert):
             raise AcmeProblem("orderNotReady", "the order changed while it was being finalized")
         log.info("issued %s for %s (order %s, profile %s)", cert.serial,
@@ -123,12 +117,14 @@ class IssuanceService:
         n = 0
         for order in self.d.store.orders_processing():
             if order.csr_der is None:
-                await self.d.store.write(self.d.store.set_order_status, order.id, Status.INVALID, expect=Status.PROCESSING,
-                                              error={"type": "urn:ietf:params:acme:error:serverInternal",
+                await self.d.store.write(
+                    self.d.store.set_order_status, order.id, Status.INVALID,
+                    expect=Status.PROCESSING, error={"type": "urn:ietf:params:acme:error:serverInternal",
                                                      "detail": "finalize was interrupted"})
                 continue
             try:
-                await self._issue(order, order.csr_der)
+                await self._issue(order, check_csr(order.csr_der,
+                                                   allowed_keys=self.d.cfg.acme.allowed_keys))
                 n += 1
             except AcmeProblem as p:
                 log.error("could not finish order %s after restart: %s", order.id, p)
