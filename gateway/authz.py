@@ -89,7 +89,12 @@ class _Names:
         return bool(self.exact or self.patterns)
 
     def match(self, value: str) -> bool:
-        return value in self.exact or any(p.fullmatch(value) for p in self.patterns)
+        if value in self.exact:
+            return True
+        for p in self.patterns:  # a loop, not any(genexpr): no generator per call
+            if p.fullmatch(value):
+                return True
+        return False
 
 
 @dataclass(eq=False, slots=True)
@@ -120,8 +125,10 @@ class Rule:
     def admits(self, ident: Identity, labels: frozenset[str]) -> bool:
         if ident.spiffe_id and self.spiffe.match(ident.spiffe_id):
             return True
-        if self.dns and any(self.dns.match(d) for d in ident.dns_names):
-            return True
+        if self.dns:
+            for d in ident.dns_names:
+                if self.dns.match(d):
+                    return True
         return not self.labels.isdisjoint(labels)
 
 

@@ -17,6 +17,7 @@ HOP_BY_HOP = frozenset((b"connection", b"keep-alive", b"te", b"trailer", b"trans
 # The gateway sets these itself; a client must not be able to pre-fill them.
 IDENTITY = frozenset((b"x-forwarded-client-cert", b"x-forwarded-for", b"x-forwarded-proto",
                       b"x-forwarded-host", b"forwarded"))
+REQUEST_DROP = HOP_BY_HOP | IDENTITY
 DROP_PREFIXES = (b"proxy-", b"x-nodetrust-")
 RESPONSE_DROP_PREFIXES = (b"proxy-",)
 
@@ -35,36 +36,50 @@ class Head:
         self.content_length = False
 
 
+_HOST, _CONNECTION, _TE, _LENGTH, _UPGRADE = 1, 2, 3, 4, 5
+_FRAMING = {b"host": _HOST, b"connection": _CONNECTION, b"transfer-encoding": _TE,
+            b"content-length": _LENGTH, b"upgrade": _UPGRADE}
+
+
 def scan_headers(raw: list[tuple[bytes, bytes]], drop: frozenset[bytes],
                  prefixes: tuple[bytes, ...]) -> Head | None:
-    """Sort fields into kept lines and framing facts; None if malformed (two Host fields)."""
+    """Sort fields into kept lines and framing facts; None if malformed (two Host fields).
+
+    `drop` must include HOP_BY_HOP. Runs twice per proxied request: one dict lookup per field.
+    """
     h = Head()
-    named: list[tuple[bytes, bytes]] = []
+    lines = h.lines
+    names: list[bytes] = []
     for name, value in raw:
         lname = name.lower()
-        if lname == b"host":
-            if h.host is not None:
-                return None  # RFC 9112 §3.2: more than one Host field is a 400
-            h.host = value
-        elif lname == b"connection":
-            h.connection.update(t.strip().lower() for t in value.split(b","))
+        kind = _FRAMING.get(lname)
+        if kind is not None:
+            if kind == _HOST:
+                if h.host is not None:
+                    return None  # RFC 9112 §3.2: more than one Host field is a 400
+                h.host = value
+            elif kind == _LENGTH:
+                h.content_length = True
+            elif kind == _TE:
+                h.chunked = value.rsplit(b",", 1)[-1].strip().lower() == b"chunked"
+                continue
+            elif kind == _CONNECTION:
+                h.connection.update(t.strip().lower() for t in value.split(b","))
+                continue
+            else:
+                h.upgrade = value.strip().lower()
+                continue
+        elif lname in drop or lname.startswith(prefixes):
             continue
-        elif lname == b"transfer-encoding":
-            h.chunked = value.rsplit(b",", 1)[-1].strip().lower() == b"chunked"
-            continue
-        elif lname == b"content-length":
-            h.content_length = True
-        elif lname == b"upgrade":
-            h.upgrade = value.strip().lower()
-            continue
-        if lname in HOP_BY_HOP or lname in drop or lname.startswith(prefixes):
-            continue
-        named.append((lname, name + b": " + value + b"\r\n"))
-    # Fields the Connection header names are hop-by-hop too (rare: skip the filter when absent).
-    extra = h.connection - {b"close", b"keep-alive", b"upgrade"}
-    h.lines = [line for lname, line in named if lname not in extra] if extra else \
-        [line for _, line in named]
+        lines.append(name + b": " + value + b"\r\n")
+        names.append(lname)
+    # Fields the Connection header names are hop-by-hop too (rare: no filter pass otherwise).
+    if h.connection and (extra := h.connection - _CONNECTION_KEYWORDS):
+        h.lines = [line for lname, line in zip(names, lines, strict=True) if lname not in extra]
     return h
+
+
+_CONNECTION_KEYWORDS = frozenset((b"close", b"keep-alive", b"upgrade"))
 
 
 def normalize_host(host: bytes) -> str:

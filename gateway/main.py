@@ -86,12 +86,15 @@ def main(argv: list[str] | None = None) -> int:
         print(f"nodetrust-gateway: {e.filename or ''}: {e.strerror or e}", file=sys.stderr)
         return 2
     try:
+        rc: int
         if args.worker_index is not None:
             block = SharedBlock(cfg.workers, args.metrics_file, create=False)
-            return uvloop.run(_worker(cfg, policy, token, block, args.worker_index, False))
-        if cfg.workers == 1:
-            return uvloop.run(_worker(cfg, policy, token, SharedBlock(1), 0, True))
-        return uvloop.run(_supervise(cfg, args))
+            rc = uvloop.run(_worker(cfg, policy, token, block, args.worker_index, False))
+        elif cfg.workers == 1:
+            rc = uvloop.run(_worker(cfg, policy, token, SharedBlock(1), 0, True))
+        else:
+            rc = uvloop.run(_supervise(cfg, args))
+        return rc
     except KeyboardInterrupt:
         return 0
 

@@ -24,7 +24,7 @@ REASONS = ("policy", "no_route", "revoked", "expired", "stale")
 UPSTREAM_ERRORS = ("connect", "timeout", "reset")
 
 # Slot layout of one worker's block.
-_NAMES = (["heartbeat", "fresh", "feed_lag", "connections", "allowed", "refused",
+_NAMES = (["heartbeat", "fresh", "feed_lag", "feed_age", "connections", "allowed", "refused",
            "reload_ok", "reload_error", "lat_sum", "lat_count"]
           + [f"reason_{r}" for r in REASONS] + [f"upstream_{e}" for e in UPSTREAM_ERRORS]
           + [f"lat_{i}" for i in range(len(LATENCY_BUCKETS) + 1)])
@@ -106,6 +106,11 @@ class Metrics:
         self._a[self._base + _SLOT[name]] += value
 
 
+def _num(value: float) -> str:
+    """Prometheus text format spells infinity +Inf."""
+    return "+Inf" if value == float("inf") else repr(value)
+
+
 def render(block: SharedBlock) -> str:
     t = block.total
     out = [
@@ -131,12 +136,16 @@ def render(block: SharedBlock) -> str:
         out.append(f'nodetrust_gateway_upstream_latency_seconds_bucket{{le="{label}"}} '
                    f"{cumulative:.0f}")
     out += [
-        f"nodetrust_gateway_upstream_latency_seconds_sum {t('lat_sum')!r}",
+        f"nodetrust_gateway_upstream_latency_seconds_sum {_num(t('lat_sum'))}",
         f"nodetrust_gateway_upstream_latency_seconds_count {t('lat_count'):.0f}",
-        "# HELP nodetrust_gateway_feed_lag_seconds Time since the revocation feed was last heard "
-        "(worst worker).",
+        ("# HELP nodetrust_gateway_feed_lag_seconds From a revocation being recorded to this "
+         "gateway applying it (newest event, worst worker)."),
         "# TYPE nodetrust_gateway_feed_lag_seconds gauge",
-        f"nodetrust_gateway_feed_lag_seconds {max(block.values('feed_lag'))!r}",
+        f"nodetrust_gateway_feed_lag_seconds {_num(max(block.values('feed_lag')))}",
+        ("# HELP nodetrust_gateway_feed_age_seconds Since the revocation feed last answered "
+         "(worst worker); above max_staleness every request gets 503."),
+        "# TYPE nodetrust_gateway_feed_age_seconds gauge",
+        f"nodetrust_gateway_feed_age_seconds {_num(max(block.values('feed_age')))}",
         "# HELP nodetrust_gateway_revocation_fresh 1 if every worker's revocation state is fresh.",
         "# TYPE nodetrust_gateway_revocation_fresh gauge",
         f"nodetrust_gateway_revocation_fresh {min(block.values('fresh')):.0f}",
@@ -158,13 +167,18 @@ def health(block: SharedBlock, now: float) -> tuple[bool, dict[str, object]]:
     ok = alive == block.workers and fresh == block.workers
     return ok, {"status": "ok" if ok else "unhealthy", "workers": block.workers,
                 "workers_alive": alive, "revocation_fresh": fresh,
-                "feed_lag_seconds": max(block.values("feed_lag"))}
+                "feed_lag_seconds": max(block.values("feed_lag")),
+                "feed_age_seconds": _json_num(max(block.values("feed_age")))}
+
+
+def _json_num(value: float) -> float | None:
+    return None if value == float("inf") else round(value, 3)
 
 
 def create_metrics_app(block: SharedBlock) -> web.Application:
     async def metrics(_: web.Request) -> web.Response:
-        return web.Response(text=render(block), content_type="text/plain", charset="utf-8",
-                            headers={"X-Content-Type-Options": "nosniff"})
+        return web.Response(body=render(block).encode(), headers={
+            "Content-Type": "text/plain; version=0.0.4; charset=utf-8"})
 
     async def healthz(_: web.Request) -> web.Response:
         ok, body = health(block, time.time())

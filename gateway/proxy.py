@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import asyncio
 from collections import deque
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, cast
 
 import httptools
 
@@ -41,7 +41,7 @@ class Exchange:
     __slots__ = ("abandoned", "chunked_request", "client", "close_after", "connecting", "head",
                  "host", "http10", "keep_alive", "method", "path", "pending", "pending_bytes",
                  "refusal", "request_done", "response_finished", "response_started",
-                 "retryable", "rule", "status", "t_sent", "timer", "upstream",
+                 "retryable", "rule", "status", "t_sent", "deadline", "upstream",
                  "upstream_seconds", "websocket", "ws_early")
 
     def __init__(self, client: ClientConn, method: str, http10: bool, keep_alive: bool) -> None:
@@ -59,8 +59,8 @@ class Exchange:
         self.pending_bytes = 0
         self.ws_early: list[bytes] = []
         self.upstream: UpstreamConn | None = None
-        self.connecting: asyncio.Future[object] | None = None
-        self.timer: asyncio.TimerHandle | None = None
+        self.connecting: asyncio.Task[tuple[asyncio.Transport, UpstreamConn]] | None = None
+        self.deadline = 0.0  # loop time by which the upstream must answer; 0: not waiting
         self.status = 0
         self.t_sent = 0.0
         self.upstream_seconds: float | None = None
@@ -88,12 +88,14 @@ class ClientConn(asyncio.Protocol):
         self._url = b""
         self._header_bytes = 0
         self._upgrade_ex: Exchange | None = None
+        self._host_raw: bytes | None = None
+        self._host = ""
 
     # --- connection ----------------------------------------------------------------------------
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self.transport = transport
+        # uvloop's TLS transport is not an asyncio.Transport subclass; it has the same methods.
+        self.transport = tr = cast(asyncio.Transport, transport)
         ssl_object = transport.get_extra_info("ssl_object")
         der = ssl_object.getpeercert(binary_form=True) if ssl_object is not None else None
         try:
@@ -101,7 +103,7 @@ class ClientConn(asyncio.Protocol):
         except ValueError:
             self.ident = None
         if self.ident is None:  # CERT_REQUIRED makes this unreachable; fail closed regardless
-            transport.abort()
+            tr.abort()
             return
         peer = transport.get_extra_info("peername")
         addr = peer[0] if isinstance(peer, tuple) else ""
@@ -187,8 +189,15 @@ class ClientConn(asyncio.Protocol):
         if self.transport is not None and not self.closing:
             self.transport.write(data)
 
-    def writelines(self, parts: tuple[bytes, ...]) -> None:
-        if self.transport is not None and not self.closing:
+    def write_many(self, parts: list[bytes]) -> None:
+        """One TLS write: joined when small (one record), else handed over as a list."""
+        if self.transport is None or self.closing or not parts:
+            return
+        if len(parts) == 1:
+            self.transport.write(parts[0])
+        elif sum(map(len, parts)) <= 16384:
+            self.transport.write(b"".join(parts))
+        else:
             self.transport.writelines(parts)
 
     def close(self) -> None:
@@ -234,18 +243,21 @@ class ClientConn(asyncio.Protocol):
         self.parsing = ex
         head = scan_headers(raw, self.gw.drop_headers, DROP_PREFIXES)
         target = normalize_target(url) if head is not None else None
-        if head is None or target is None or (head.host is None and not ex.http10
-                                               and target[2] is None):
-            ex.refusal, ex.close_after = (400, "bad_request"), True
-        elif ex.method == "CONNECT":
+        if ex.method == "CONNECT":  # a reverse proxy has no tunnels to offer
             ex.refusal, ex.close_after = (405, "method_not_allowed"), True
+        elif head is None or target is None or (head.host is None and not ex.http10
+                                                 and target[2] is None):
+            ex.refusal, ex.close_after = (400, "bad_request"), True
         else:
             path, fwd_target, url_host = target
-            ex.host = normalize_host(url_host or head.host or b"")
+            host_b = url_host or head.host or b""
+            if host_b != self._host_raw:  # clients repeat their Host: normalise it once
+                self._host_raw, self._host = host_b, normalize_host(host_b)
+            ex.host = self._host
             ex.path = path
             lines = head.lines
             if url_host is not None:  # absolute-form: its authority replaces Host (RFC 9112)
-                lines = [ln for ln in lines if not ln[:5].lower() == b"host:"]
+                lines = [ln for ln in lines if ln[:5].lower() != b"host:"]
             if url_host is not None or head.host is None:
                 lines.append(b"host: " + (url_host or self.gw.upstream_authority) + b"\r\n")
             if head.upgrade is not None:

@@ -13,9 +13,10 @@ import logging
 import random
 import ssl
 import time
+from collections.abc import Callable, Iterable
 from datetime import datetime
 from pathlib import Path
-from typing import Any, Callable, Iterable
+from typing import Any
 
 import aiohttp
 
@@ -46,8 +47,7 @@ class RevocationState:
     def mark_revoked(self, serials: Iterable[int], seq: int, now: float) -> None:
         # set.update is one C call: a request on this loop sees all of a batch or none.
         self._revoked.update(serials)
-        if seq > self.last_seq:
-            self.last_seq = seq
+        self.last_seq = max(self.last_seq, seq)
         self.touch(now)
 
     def touch(self, now: float) -> None:
@@ -117,8 +117,7 @@ class FeedClient:
                 # Catching up (start, reconnect, more pages): do not wait on an empty answer,
                 # so freshness comes back after one round trip.
                 catching_up = await self._poll(session, 0.0 if catching_up else self.wait)
-            except (aiohttp.ClientError, asyncio.TimeoutError, FeedError, ValueError, KeyError,
-                    TypeError) as exc:  # the last three: a malformed body
+            except (TimeoutError, aiohttp.ClientError, FeedError, ValueError, KeyError, TypeError) as exc:  # the last three: a malformed body
                 delay = await self._failed(exc, delay)
                 catching_up = True
                 continue

@@ -11,7 +11,7 @@ from collections.abc import Callable
 from gateway.accesslog import AccessLog
 from gateway.authz import Authorizer, RevocationView
 from gateway.config import GatewayConfig
-from gateway.http1 import IDENTITY
+from gateway.http1 import REQUEST_DROP
 from gateway.identity import IdentityCache
 from gateway.metrics import Metrics
 from gateway.proxy import ClientConn
@@ -35,7 +35,7 @@ class Gateway:
         self.authz, self.revocation = authz, revocation
         self.metrics, self.access_log = metrics, access_log
         self.clock, self.mono = clock, mono  # injectable: tests move time, not wait for it
-        self.drop_headers = IDENTITY | {h.encode("latin-1") for h in cfg.strip_headers}
+        self.drop_headers = REQUEST_DROP | {h.encode("latin-1") for h in cfg.strip_headers}
         self.upstream_authority = f"{cfg.upstream_host}:{cfg.upstream_port}".encode()
         self.identities = IdentityCache()
         self.pool = UpstreamPool(self, cfg.upstream_host, cfg.upstream_port)
@@ -44,6 +44,8 @@ class Gateway:
         self._server: asyncio.Server | None = None
         self._tick_handle: asyncio.TimerHandle | None = None
         self._all_closed = asyncio.Event()
+        # The tick also enforces response_timeout: run it often enough for short timeouts.
+        self._tick_seconds = min(TICK_SECONDS, max(cfg.response_timeout / 4, 0.01))
 
     async def start(self, ssl_context: ssl.SSLContext, *, reuse_port: bool = False) -> None:
         self._server = await self.loop.create_server(
@@ -75,6 +77,9 @@ class Gateway:
         rev = self.revocation
         for conn in list(self.connections):
             ident = conn.ident
+            ex = conn.current
+            if ex is not None and ex.deadline and now >= ex.deadline and ex.upstream is not None:
+                ex.upstream.timed_out()  # 504: no response head within response_timeout
             if conn.busy:
                 # A WebSocket or a long download is one request: the per-request check ran at
                 # its start, so cut it here once the certificate expires or is revoked.
@@ -88,11 +93,14 @@ class Gateway:
         self.pool.sweep(now, self.cfg.upstream_idle_timeout)
         m = self.metrics
         m.set("heartbeat", wall)
-        m.set("fresh", 1.0 if rev.is_fresh(self.mono()) else 0.0)
+        mono = self.mono()
+        m.set("fresh", 1.0 if rev.is_fresh(mono) else 0.0)
+        age = getattr(rev, "age", None)  # part of the feed's state, not of the minimal view
+        m.set("feed_age", float(age(mono)) if callable(age) else 0.0)
         m.set("feed_lag", float(getattr(rev, "lag_seconds", 0.0)))
         m.set("connections", float(len(self.connections)))
         self._tick_handle = None if self._server is None else \
-            self.loop.call_later(TICK_SECONDS, self.tick)
+            self.loop.call_later(self._tick_seconds, self.tick)
 
     async def stop(self, drain_seconds: float = 10.0) -> None:
         """Stop accepting, let in-flight exchanges finish (bounded), then close everything."""

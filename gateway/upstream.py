@@ -10,18 +10,18 @@ from __future__ import annotations
 
 import asyncio
 import socket
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, cast
 
 import httptools
 
-from gateway.http1 import RESPONSE_DROP_PREFIXES, response_head, scan_headers
+from gateway.http1 import HOP_BY_HOP, RESPONSE_DROP_PREFIXES, response_head, scan_headers
 
 if TYPE_CHECKING:
-    from gateway.proxy import Exchange, Gateway
+    from gateway.proxy import Exchange
+    from gateway.server import Gateway
 
 __all__ = ["UpstreamConn", "UpstreamPool"]
 
-_NO_DROP: frozenset[bytes] = frozenset()
 # How the response body travels to the client.
 BODY_NONE, BODY_RAW, BODY_CHUNKED = 0, 1, 2
 
@@ -44,12 +44,16 @@ class UpstreamConn(asyncio.Protocol):
         self._interim = False
         self._mode = BODY_NONE
         self._status = 0
+        self._keep_alive = False
+        # What one data_received produces for the client goes out as ONE TLS write: head and
+        # body of a small response share a record and a syscall instead of two each.
+        self._out: list[bytes] = []
 
     # --- asyncio.Protocol ----------------------------------------------------------------------
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self.transport = transport
+        # uvloop's TLS transport is not an asyncio.Transport subclass; it has the same methods.
+        self.transport = cast(asyncio.Transport, transport)
         sock = transport.get_extra_info("socket")
         if sock is not None:
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
@@ -67,6 +71,7 @@ class UpstreamConn(asyncio.Protocol):
             self.parser.feed_data(data)
         except httptools.HttpParserUpgrade as e:
             if ex.websocket and self._status == 101 and ex.response_started:
+                self._flush(ex)
                 self.spliced = True
                 ex.client.start_splice(ex, data[e.args[0]:])
             else:
@@ -75,6 +80,8 @@ class UpstreamConn(asyncio.Protocol):
         except httptools.HttpParserError:
             self._broken("reset")
             return
+        if self._out:
+            self._flush(ex)
         if self._head_only:  # the parser may still expect a body it will never get
             self.parser = httptools.HttpResponseParser(self)
             self._complete, self._head_only = True, False
@@ -102,6 +109,7 @@ class UpstreamConn(asyncio.Protocol):
         elif self._until_close:  # body delimited by close: this is its normal end
             ex.upstream = None
             self._end_body(ex)
+            self._flush(ex)
             ex.client.response_done(ex, can_reuse=False)
         else:  # truncated response: the only honest signal left is to cut the client too
             ex.client.abort()
@@ -122,10 +130,11 @@ class UpstreamConn(asyncio.Protocol):
         self.ex, self.reused, ex.upstream = ex, reused, self
         self._received = self._complete = self._head_only = self._until_close = False
         self._interim, self._mode, self._raw = False, BODY_NONE, []
-        loop = self.pool.loop
-        ex.t_sent = loop.time()
-        ex.timer = loop.call_at(ex.t_sent + self.pool.response_timeout, self._timed_out)
+        ex.t_sent = self.pool.loop.time()
+        # Checked by the gateway's housekeeping tick: a float per request instead of a timer.
+        ex.deadline = ex.t_sent + self.pool.response_timeout
         self.transport.write(ex.head)
+        self.transport.resume_reading()  # no-op unless a slow client had paused it
         pending, ex.pending = ex.pending, None
         if pending:
             for chunk in pending:
@@ -161,12 +170,10 @@ class UpstreamConn(asyncio.Protocol):
         if 100 <= status < 200 and status != 101:  # interim (100 Continue, 103): pass it on
             self._interim = True
             if not ex.http10:
-                ex.client.write(response_head(b"HTTP/1.1", status, self._reason, [], b""))
+                self._out.append(response_head(b"HTTP/1.1", status, self._reason, [], b""))
             return
-        if ex.timer is not None:
-            ex.timer.cancel()
-            ex.timer = None
-        head = scan_headers(raw, _NO_DROP, RESPONSE_DROP_PREFIXES)
+        ex.deadline = 0.0
+        head = scan_headers(raw, HOP_BY_HOP, RESPONSE_DROP_PREFIXES)
         if head is None:
             self._broken("reset")
             return
@@ -177,6 +184,7 @@ class UpstreamConn(asyncio.Protocol):
             framing, self._mode = b"connection: upgrade\r\nupgrade: websocket\r\n", BODY_NONE
         elif ex.method == "HEAD" or status in (204, 304):
             self._mode, self._head_only = BODY_NONE, ex.method == "HEAD"
+            self._keep_alive = self.parser.should_keep_alive()
         elif head.content_length and not head.chunked:
             self._mode = BODY_RAW
         else:  # chunked, or delimited by close: re-frame for the client (chunks or close)
@@ -190,34 +198,39 @@ class UpstreamConn(asyncio.Protocol):
         if status != 101:
             framing += ex.client.connection_field(ex)
         ex.response_started = True
-        ex.client.write(response_head(b"HTTP/1.1", status, self._reason, head.lines, framing))
+        self._out.append(response_head(b"HTTP/1.1", status, self._reason, head.lines, framing))
 
     def on_body(self, chunk: bytes) -> None:
-        ex = self.ex
-        assert ex is not None
         if self._mode == BODY_CHUNKED:
-            ex.client.writelines((b"%x\r\n" % len(chunk), chunk, b"\r\n"))
+            self._out += (b"%x\r\n" % len(chunk), chunk, b"\r\n")
         else:
-            ex.client.write(chunk)
+            self._out.append(chunk)
 
     def on_message_complete(self) -> None:
         if self._interim:
             self._interim = False
         else:
             self._complete = True
+            # Read now: llhttp resets its flags once this callback returns.
+            self._keep_alive = self.parser.should_keep_alive()
 
     # --- endings -------------------------------------------------------------------------------
 
     def _end_body(self, ex: Exchange) -> None:
         if self._mode == BODY_CHUNKED:
-            ex.client.write(b"0\r\n\r\n")
+            self._out.append(b"0\r\n\r\n")
+
+    def _flush(self, ex: Exchange) -> None:
+        out, self._out = self._out, []
+        ex.client.write_many(out)
 
     def _finish(self) -> None:
         ex, self.ex = self.ex, None
         assert ex is not None
         self._end_body(ex)
+        self._flush(ex)
         # Reusable only if the whole request went out and the upstream keeps the connection.
-        reuse = ex.request_done and self.parser.should_keep_alive() and not self._until_close
+        reuse = ex.request_done and self._keep_alive and not self._until_close
         ex.upstream = None
         if reuse:
             self.pool.release(self)
@@ -225,21 +238,19 @@ class UpstreamConn(asyncio.Protocol):
             self.close()
         ex.client.response_done(ex, can_reuse=True)
 
-    def _timed_out(self) -> None:
-        ex = self.ex
-        if ex is not None:
-            ex.timer = None
+    def timed_out(self) -> None:
+        """No response head before the deadline (called by the gateway's tick)."""
+        if self.ex is not None:
             self._broken("timeout", status=504)
 
     def _broken(self, kind: str, status: int = 502) -> None:
         """The upstream failed this exchange: never reuse the connection; tell the client side."""
         ex, self.ex = self.ex, None
+        self._out = []
         self.close()
         if ex is None:
             return
-        if ex.timer is not None:
-            ex.timer.cancel()
-            ex.timer = None
+        ex.deadline = 0.0
         if ex.response_started:
             ex.client.abort()
         else:
@@ -252,9 +263,9 @@ class UpstreamConn(asyncio.Protocol):
     def detach(self) -> None:
         """The client went away mid-exchange: this connection's state is unknown, drop it."""
         ex, self.ex = self.ex, None
-        if ex is not None and ex.timer is not None:
-            ex.timer.cancel()
-            ex.timer = None
+        if ex is not None:
+            ex.deadline = 0.0
+        self._out = []
         self.close()
 
 
@@ -283,7 +294,7 @@ class UpstreamPool:
         timer = self.loop.call_later(self.connect_timeout, task.cancel)
         ex.connecting = task
 
-        def done(t: asyncio.Future[tuple[asyncio.BaseTransport, UpstreamConn]]) -> None:
+        def done(t: asyncio.Task[tuple[asyncio.Transport, UpstreamConn]]) -> None:
             timer.cancel()
             ex.connecting = None
             if t.cancelled():

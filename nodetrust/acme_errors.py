@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import re
+
 import josepy as jose
 import requests
 from acme import errors as acme_errors

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import base64
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 from acme import client, messages
 from cryptography import x509
@@ -42,4 +42,4 @@ def fetch_window(acme: client.ClientV2, cert: x509.Certificate) -> RenewalWindow
 
 
 def _utc(t: datetime) -> datetime:
-    return t if t.tzinfo else t.replace(tzinfo=timezone.utc)
+    return t if t.tzinfo else t.replace(tzinfo=UTC)

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -58,7 +58,7 @@ def open_bootstrap(cert_path: Path, key_path: Path, *,
     if _spki(key.public_key()) != _spki(leaf.public_key()):
         raise BootstrapError("key", f"{key_path} is not the key of the bootstrap "
                              f"certificate {cert_path}")
-    now = now or datetime.now(timezone.utc)
+    now = now or datetime.now(UTC)
     if now > leaf.not_valid_after_utc:
         raise BootstrapError("cert", f"the bootstrap certificate {cert_path} expired on "
                              f"{leaf.not_valid_after_utc:%Y-%m-%d %H:%M} UTC")

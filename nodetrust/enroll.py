@@ -26,7 +26,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from nodetrust import files
-from nodetrust.acme_errors import EnrollError, describe_problem
+from nodetrust.acme_errors import ENROLL_ERRORS, EnrollError, describe_problem, one_line
 from nodetrust.ari import RenewalWindow, cert_id, fetch_window
 from nodetrust.attestation import build_att_obj
 from nodetrust.bootstrap import Bootstrap
@@ -86,7 +86,7 @@ class EnrollResult:
 
 
 def _now() -> dt.datetime:
-    return dt.datetime.now(dt.timezone.utc)
+    return dt.datetime.now(dt.UTC)
 
 
 def connect(server: str, account_key: ec.EllipticCurvePrivateKey,
@@ -289,6 +289,6 @@ def enroll(req: EnrollRequest) -> EnrollResult:
     try:
         window = _window(acme, leaf)
         result.renew_from, result.renew_until = window.start, window.end
-    except Exception as exc:  # the certificate is installed; the hint is optional
-        result.notes.append(f"could not ask when to renew: {exc}")
+    except ENROLL_ERRORS as exc:  # the certificate is installed; the hint is optional
+        result.notes.append(f"could not ask when to renew: {one_line(exc, req.server)}")
     return result

@@ -19,6 +19,7 @@ from server.config import ServerConfig
 from server.feed import RevocationFeed, load_or_create_token
 from server.ra.accounts import AccountService
 from server.ra.deps import Deps, utcnow
+from server.ra.devices import DeviceService
 from server.ra.issuance import IssuanceService
 from server.ra.orders import OrderService
 from server.ra.revocation import RevocationService
@@ -42,8 +43,9 @@ def create_app(cfg: ServerConfig, *, ca: CertificateAuthority | None = None,
     links = Links(cfg.url)
     nonces = NonceStore(ttl=cfg.acme.nonce_ttl.total_seconds(), max_nonces=cfg.acme.max_nonces)
     validators = ChallengeValidators(cfg.validation)
-    orders = OrderService(deps, validators)
-    issuance = IssuanceService(deps, crl_url=links.crl())
+    devices = DeviceService(deps)
+    orders = OrderService(deps, validators, devices)
+    issuance = IssuanceService(deps, crl_url=links.crl(), devices=devices)
     ctx = ApiContext(
         cfg=cfg, links=links, store=store, verifier=RequestVerifier(store, nonces, links),
         accounts=AccountService(deps), orders=orders, issuance=issuance,
@@ -70,7 +72,7 @@ def create_app(cfg: ServerConfig, *, ca: CertificateAuthority | None = None,
         store.start_writer(asyncio.get_running_loop())
         feed.start()
         finished = await issuance.resume()
-        resumed = orders.resume()
+        resumed = await orders.resume()
         if finished or resumed:
             log.info("resumed after restart: %d order(s) finalized, %d validation(s) restarted",
                      finished, resumed)

@@ -13,12 +13,16 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Any, Mapping
 
+from server.identity import DEVICE_ID_SOURCES, IdentitySettings
 from server.va.resolve import ValidationSettings
 
 KEY_TYPES = ("ec-p256", "ec-p384", "rsa-2048", "rsa-3072", "rsa-4096", "ed25519")
 DEFAULT_CONFIG = Path(__file__).resolve().parent.parent / "conf" / "server.toml"
 # Names that can never be public: a private CA must not mint names the Web PKI owns.
 NEVER_PUBLIC_SUFFIXES = (".internal", ".test", ".home.arpa", ".local")
+
+
+REJOIN_POLICIES = ("allow", "approve", "deny")
 
 
 class ConfigError(Exception):
@@ -89,6 +93,20 @@ class FeedSettings:
 
 
 @dataclass(frozen=True)
+class AttestationSettings:
+    """device-attest-01: which manufacturers' bootstrap certificates buy an identity."""
+
+    enabled: bool = True
+    roots_dir: Path | None = None  # every PEM in it: one manufacturer, named by file stem
+    demo_manufacturer: bool = False  # trust <data-dir>/demo-manufacturer (`nodetrust demo device`)
+    crls: tuple[Path, ...] = ()  # manufacturer CRLs (PEM or DER)
+    formats: tuple[str, ...] = ("packed", "step")
+    device_id_source: str = "auto"  # auto | serialNumber | permanentIdentifier
+    device_id_sources: Mapping[str, str] = field(default_factory=dict)  # per manufacturer
+    rejoin: str = "allow"  # allow | approve | deny: an enrolled device enrolls again
+
+
+@dataclass(frozen=True)
 class ServerConfig:
     source: str
     listen_host: str = "127.0.0.1"
@@ -108,6 +126,8 @@ class ServerConfig:
     validation: ValidationSettings = ValidationSettings()
     rate_limits: RateLimits = RateLimits()
     feed: FeedSettings = FeedSettings()
+    attestation: AttestationSettings = AttestationSettings()
+    identity: IdentitySettings = IdentitySettings()
 
     @property
     def url(self) -> str:
@@ -277,12 +297,15 @@ def parse_config(raw: Mapping[str, Any], source: str, base_dir: Path) -> ServerC
     )
     rl.done()
     feed = _parse_feed(root.table("feed"), d.feed)
+    attestation = _parse_attestation(root.table("attestation"), d.attestation, base_dir)
+    identity = _parse_identity(root.table("identity"), d.identity)
     root.done()
     return ServerConfig(
         source=source, listen_host=host, listen_port=port, data_dir=data_dir, base_url=base_url,
         tls_names=tls_names, ca_key_type=ca_key_type, ca_common_name=ca_cn, store_synchronous=sync,
         acme=acme, identifiers=idents, profiles=profiles, default_profile=default_profile,
         validation=validation, rate_limits=rate_limits, feed=feed,
+        attestation=attestation, identity=identity,
     )
 
 
@@ -379,5 +402,65 @@ def _parse_feed(sec: _Section, d: FeedSettings) -> FeedSettings:
         raise ConfigError(sec.source, sec.key("poll_interval"), "must be positive")
     if out.page_size < 1:
         raise ConfigError(sec.source, sec.key("page_size"), "must be at least 1")
+    sec.done()
+    return out
+
+
+def _parse_attestation(sec: _Section, d: AttestationSettings, base_dir: Path) -> AttestationSettings:
+    def path(value: str) -> Path | None:
+        return (base_dir / value).resolve() if value else None
+
+    def source(value: str, key: str) -> str:
+        if value not in DEVICE_ID_SOURCES:
+            raise ConfigError(sec.source, sec.key(key), f"must be one of {', '.join(DEVICE_ID_SOURCES)}")
+        return value
+
+    from server.va.attest.formats import FORMATS  # the registry is the list of what exists
+    formats = tuple(sec.get("formats", list, list(d.formats)))
+    for f in formats:
+        if f not in FORMATS:
+            raise ConfigError(sec.source, sec.key("formats"), f"unknown format {f!r} "
+                              f"(known: {', '.join(sorted(FORMATS))})")
+    rejoin = sec.get("rejoin", str, d.rejoin)
+    if rejoin not in REJOIN_POLICIES:
+        raise ConfigError(sec.source, sec.key("rejoin"), f"must be one of {', '.join(REJOIN_POLICIES)}")
+    sources = sec.get("device_id_sources", dict, dict(d.device_id_sources))
+    out = AttestationSettings(
+        enabled=sec.get("enabled", bool, d.enabled),
+        roots_dir=path(sec.get("roots_dir", str, "")),
+        demo_manufacturer=sec.get("demo_manufacturer", bool, d.demo_manufacturer),
+        crls=tuple(p for p in (path(str(c)) for c in sec.get("crls", list, [])) if p),
+        formats=formats,
+        device_id_source=source(sec.get("device_id_source", str, d.device_id_source),
+                                "device_id_source"),
+        device_id_sources={k: source(str(v), f"device_id_sources.{k}") for k, v in sources.items()},
+        rejoin=rejoin,
+    )
+    sec.done()
+    return out
+
+
+def _parse_identity(sec: _Section, d: IdentitySettings) -> IdentitySettings:
+    out = IdentitySettings(
+        trust_domain=sec.get("trust_domain", str, d.trust_domain).lower(),
+        dns_template=sec.get("dns_template", str, d.dns_template),
+        spiffe_template=sec.get("spiffe_template", str, d.spiffe_template),
+        lifetime=sec.duration("lifetime", d.lifetime),
+        include_permanent_identifier=sec.get("include_permanent_identifier", bool,
+                                             d.include_permanent_identifier),
+    )
+    for key, template in (("dns_template", out.dns_template), ("spiffe_template", out.spiffe_template)):
+        try:
+            rendered = template.format(node_id="n", device_id="n", trust_domain=out.trust_domain)
+        except (KeyError, IndexError, ValueError) as exc:
+            raise ConfigError(sec.source, sec.key(key), f"bad template ({exc}); placeholders: "
+                              "{node_id}, {trust_domain}") from None
+        if key == "spiffe_template" and not rendered.startswith(f"spiffe://{out.trust_domain}/"):
+            raise ConfigError(sec.source, sec.key(key), "must start with spiffe://{trust_domain}/")
+        if key == "dns_template" and not rendered.startswith("n."):
+            raise ConfigError(sec.source, sec.key(key), "must start with {node_id}. (the node's "
+                              "own label)")
+    if out.lifetime <= timedelta(0):
+        raise ConfigError(sec.source, sec.key("lifetime"), "must be positive")
     sec.done()
     return out

@@ -92,6 +92,7 @@ class Certificate:
     revoked_at: datetime | None = None
     revocation_reason: int | None = None
     ari_id: str = ""
+    device_id: str | None = None  # set for operational certificates of enrolled devices
 
 
 @dataclass
@@ -102,3 +103,39 @@ class EabKey:
     account_id: str | None = None
     revoked: bool = False
     note: str = ""
+
+
+class NodeStatus:
+    PENDING = "pending"  # attested, no certificate yet (or waiting for rejoin approval)
+    ACTIVE = "active"
+    DECOMMISSIONED = "decommissioned"
+
+
+@dataclass
+class Node:
+    """One enrolled device: its manufacturing identity and the operational one we gave it."""
+
+    device_id: str
+    node_id: str
+    manufacturer: str
+    bootstrap_serial: str
+    bootstrap_spki: str
+    dns_name: str
+    spiffe_id: str
+    status: str
+    created_at: datetime
+    updated_at: datetime
+    account_id: str | None = None
+    pending_account_id: str | None = None  # rejoin = approve: the account waiting
+    owner: str | None = None
+    labels: dict[str, str] = field(default_factory=dict)
+    current_serial: str | None = None
+    last_issued_at: datetime | None = None
+
+
+@dataclass(frozen=True)
+class AuthzEvidence:
+    authz_id: str
+    device_id: str
+    bootstrap_spki: str
+    bootstrap_serial: str

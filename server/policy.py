@@ -13,6 +13,7 @@ from server.config import IdentifierPolicy
 from server.errors import AcmeProblem
 from server.models import Identifier
 
+PERMANENT_IDENTIFIER = "permanent-identifier"
 _LABEL = re.compile(r"^(?!-)[a-z0-9-]{1,63}(?<!-)$")
 
 
@@ -38,8 +39,18 @@ def normalize(ident: Identifier) -> Identifier:
     return ident
 
 
-def check_identifier(ident: Identifier, pol: IdentifierPolicy) -> None:
-    """Raise `AcmeProblem` unless policy lets this CA certify `ident` (already normalized)."""
+def check_identifier(ident: Identifier, pol: IdentifierPolicy,
+                     device_domain: str | None = None) -> None:
+    """Raise `AcmeProblem` unless policy lets this CA certify `ident` (already normalized).
+
+    `device_domain` (e.g. ".nodes.nodetrust.internal") is set when device attestation is
+    on: permanent-identifier values and names under it are then proven by device-attest-01
+    and take their identity from the templates, so dns_suffixes does not apply to them."""
+    if ident.type == PERMANENT_IDENTIFIER and device_domain is not None:
+        if not 0 < len(ident.value) <= 256 or not ident.value.isprintable():
+            raise _reject(ident, "permanent-identifier-syntax",
+                          "a device id is 1 to 256 printable characters")
+        return
     if ident.type == "ip":
         if not pol.allow_ip:
             raise _reject(ident, "identifiers.allow_ip", "IP identifiers are switched off")
@@ -61,6 +72,11 @@ def check_identifier(ident: Identifier, pol: IdentifierPolicy) -> None:
         raise _reject(ident, "dns-syntax", "an IP address must use an ip identifier")
     except ValueError:
         pass
+    if device_domain is not None and name.endswith(device_domain) and not wildcard:
+        if name.count(".") != device_domain.count("."):
+            raise _reject(ident, "identity.dns_template", f"a node name is one label under "
+                          f"{device_domain[1:]}")
+        return
     if any(name.endswith(suffix) for suffix in pol.dns_suffixes):
         return
     if any(fnmatch.fnmatchcase(name, pattern) for pattern in pol.dns_patterns):
@@ -70,7 +86,8 @@ def check_identifier(ident: Identifier, pol: IdentifierPolicy) -> None:
                   f"name is outside the allowed suffixes and patterns ({allowed})")
 
 
-def check_identifiers(idents: list[Identifier], pol: IdentifierPolicy) -> list[Identifier]:
+def check_identifiers(idents: list[Identifier], pol: IdentifierPolicy,
+                      device_domain: str | None = None) -> list[Identifier]:
     """Normalize, de-duplicate and check an order's identifiers; returns them sorted."""
     if not idents:
         raise AcmeProblem("malformed", "an order needs at least one identifier")
@@ -81,7 +98,7 @@ def check_identifiers(idents: list[Identifier], pol: IdentifierPolicy) -> list[I
     problems = []
     for ident in out:
         try:
-            check_identifier(ident, pol)
+            check_identifier(ident, pol, device_domain)
         except AcmeProblem as p:
             problems.append(p)
     if len(problems) == 1:

@@ -60,8 +60,8 @@ async def challenge(ctx: ApiContext, request: web.Request, vr: VerifiedRequest) 
     if vr.is_post_as_get:
         ch, a = ctx.orders.challenge_for(acct, chall_id)
     else:
-        vr.payload()  # any JSON object means "validate now" (§7.5.1); content is type-specific
-        ch, a = await ctx.orders.respond(acct, chall_id)
+        # any JSON object means "validate now" (§7.5.1); device-attest-01 carries attObj
+        ch, a = await ctx.orders.respond(acct, chall_id, vr.payload())
     retry = ctx.cfg.acme.retry_after_seconds if ch.status == Status.PROCESSING else None
     return json_response(render.challenge(ch, ctx.links),
                          links=(f'<{ctx.links.authz(a.id)}>;rel="up"',), retry_after=retry)

@@ -16,9 +16,10 @@ from cryptography import x509
 
 from server.ca import CAError, IssuedCertificate
 from server.csr import CheckedCSR, check_csr
+from server.ra.devices import DevicePlan, DeviceService
 from server.errors import AcmeProblem, malformed
 from server.jws import b64d, jwk_of_public_key, thumbprint
-from server.models import Account, Certificate, Order, Status
+from server.models import Account, Certificate, Identifier, Order, Status
 from server.ra.ari import make_cert_id
 from server.ra.deps import Deps
 
@@ -31,9 +32,11 @@ def serial_hex(serial: int) -> str:
 
 
 class IssuanceService:
-    def __init__(self, deps: Deps, crl_url: str | None = None) -> None:
+    def __init__(self, deps: Deps, crl_url: str | None = None,
+                 devices: DeviceService | None = None) -> None:
         self.d = deps
         self.crl_url = crl_url
+        self.devices = devices
 
     async def finalize(self, account: Account, order: Order, payload: dict[str, Any]) -> Order:
         if order.status != Status.READY:
@@ -51,11 +54,13 @@ class IssuanceService:
             await self.d.store.write(self.d.store.set_order_status, order.id, Status.INVALID,
                                      expect=Status.READY, error=error)
             raise malformed(error["detail"] + "; place a new order")
-        checked = self._check(account, order, csr_der)
+        plan = self.devices.plan(order) if self.devices is not None else None
+        checked = self._check_device(order, csr_der, plan) if plan else self._check(
+            account, order, csr_der)
         if not await self.d.store.write(self.d.store.set_order_status, order.id,
                                         Status.PROCESSING, expect=Status.READY, csr_der=csr_der):
             raise AcmeProblem("orderNotReady", "the order is being finalized already", status=403)
-        return await self._issue(order, checked)
+        return await self._issue(order, checked, plan)
 
     def _check(self, account: Account, order: Order, csr_der: bytes) -> CheckedCSR:
         checked = check_csr(csr_der, allowed_keys=self.d.cfg.acme.allowed_keys)
@@ -71,9 +76,30 @@ class IssuanceService:
                               "needs a fresh key (reused keys are refused)")
         return checked
 
-    def _validity(self, order: Order) -> tuple[datetime, datetime]:
+    def _check_device(self, order: Order, csr_der: bytes, plan: DevicePlan) -> CheckedCSR:
+        """A node's certificate takes its names from the templates: the CSR may ask for the
+        node's DNS name or nothing, and its key must be new (never the bootstrap key)."""
+        checked = check_csr(csr_der, allowed_keys=self.d.cfg.acme.allowed_keys)
+        allowed = {Identifier("dns", plan.identity.dns_name)}
+        extra = [i.value for i in checked.identifiers if i not in allowed]
+        if extra:
+            raise AcmeProblem("badCSR", f"CSR asks for {', '.join(extra)}; a node's certificate "
+                              f"names only {plan.identity.dns_name} and its SPIFFE ID")
+        if checked.key_fingerprint == plan.bootstrap_spki:
+            raise AcmeProblem("badCSR", "the CSR key is the bootstrap key: the operational "
+                              "certificate needs a new key (the bootstrap key only proves identity)")
+        if self.d.store.is_account_key(thumbprint(jwk_of_public_key(checked.public_key))):
+            raise AcmeProblem("badCSR", "the CSR key is an ACME account key; use a separate key")
+        if self.d.store.key_in_use(checked.key_fingerprint):
+            raise AcmeProblem("badCSR", "the CSR key was certified before; every certificate "
+                              "needs a fresh key (reused keys are refused)")
+        return checked
+
+    def _validity(self, order: Order, plan: DevicePlan | None = None) -> tuple[datetime, datetime]:
         now = self.d.now()
         lifetime = self.d.cfg.profiles[order.profile].lifetime
+        if plan is not None:
+            lifetime = min(lifetime, self.d.cfg.identity.lifetime)
         not_before = order.not_before or (now - self.d.cfg.acme.backdate)
         not_after = order.not_after or (not_before + lifetime)
         if order.not_after is None:
@@ -82,15 +108,24 @@ class IssuanceService:
             not_after = min(not_after, self.d.ca.intermediate_cert.not_valid_after_utc)
         return not_before, not_after
 
-    async def _issue(self, order: Order, checked: CheckedCSR) -> Order:
-        not_before, not_after = self._validity(order)
+    async def _issue(self, order: Order, checked: CheckedCSR,
+                     plan: DevicePlan | None = None) -> Order:
+        not_before, not_after = self._validity(order, plan)
         try:
-            issued: IssuedCertificate = self.d.ca.issue(
-                checked.public_key,
-                dns_names=[i.value for i in order.identifiers if i.type == "dns"],
-                ip_addresses=[ipaddress.ip_address(i.value) for i in order.identifiers
-                              if i.type == "ip"],
-                not_before=not_before, not_after=not_after, crl_url=self.crl_url)
+            if plan is not None:
+                ident = plan.identity
+                issued: IssuedCertificate = self.d.ca.issue(
+                    checked.public_key, dns_names=[ident.dns_name], uris=[ident.spiffe_id],
+                    permanent_identifiers=[ident.device_id]
+                    if self.d.cfg.identity.include_permanent_identifier else [],
+                    not_before=not_before, not_after=not_after, crl_url=self.crl_url)
+            else:
+                issued = self.d.ca.issue(
+                    checked.public_key,
+                    dns_names=[i.value for i in order.identifiers if i.type == "dns"],
+                    ip_addresses=[ipaddress.ip_address(i.value) for i in order.identifiers
+                                  if i.type == "ip"],
+                    not_before=not_before, not_after=not_after, crl_url=self.crl_url)
         except CAError as exc:
             # Never leave the order in `processing` (resume() would retry it forever).
             log.error("CA refused order %s: %s", order.id, exc)
@@ -103,9 +138,13 @@ class IssuanceService:
                            order_id=order.id, chain_pem=issued.chain_pem.decode(),
                            not_before=issued.not_before, not_after=issued.not_after,
                            identifiers=order.identifiers, key_fingerprint=checked.key_fingerprint,
-                           ari_id=make_cert_id(self.d.ca.intermediate_ski, issued.serial))
+                           ari_id=make_cert_id(self.d.ca.intermediate_ski, issued.serial),
+                           device_id=plan.node.device_id if plan else None)
         if not await self.d.store.write(self.d.store.complete_order, order.id, cert):
             raise AcmeProblem("orderNotReady", "the order changed while it was being finalized")
+        if plan is not None and self.devices is not None:
+            await self.devices.supersede(plan.node.device_id, cert.serial, plan.node.account_id,
+                                         order.account_id)
         log.info("issued %s for %s (order %s, profile %s)", cert.serial,
                  ",".join(i.value for i in order.identifiers), order.id, order.profile)
         done = self.d.store.get_order(order.id)
@@ -123,8 +162,9 @@ class IssuanceService:
                                                      "detail": "finalize was interrupted"})
                 continue
             try:
+                plan = self.devices.plan(order) if self.devices is not None else None
                 await self._issue(order, check_csr(order.csr_der,
-                                                   allowed_keys=self.d.cfg.acme.allowed_keys))
+                                                   allowed_keys=self.d.cfg.acme.allowed_keys), plan)
                 n += 1
             except AcmeProblem as p:
                 log.error("could not finish order %s after restart: %s", order.id, p)

@@ -18,6 +18,7 @@ from server.models import Account, Authorization, Challenge, Identifier, Order, 
 from server.policy import check_identifiers
 from server.ra.ari import parse_cert_id
 from server.ra.deps import Deps, new_id
+from server.ra.devices import DEVICE_ATTEST_01, DeviceService
 from server.va.registry import ChallengeValidators
 
 log = logging.getLogger("nodetrust.ra")
@@ -40,9 +41,11 @@ def parse_time(value: Any, name: str) -> datetime | None:
 
 
 class OrderService:
-    def __init__(self, deps: Deps, validators: ChallengeValidators) -> None:
+    def __init__(self, deps: Deps, validators: ChallengeValidators,
+                 devices: DeviceService | None = None) -> None:
         self.d = deps
         self.validators = validators
+        self.devices = devices
         self._tasks: set[asyncio.Task[None]] = set()
 
     # -- newOrder --------------------------------------------------------------------
@@ -53,7 +56,9 @@ class OrderService:
                 isinstance(i, dict) and isinstance(i.get("type"), str) and isinstance(i.get("value"), str)
                 for i in raw):
             raise malformed("identifiers must be a list of {type, value} objects")
-        idents = check_identifiers([Identifier(i["type"], i["value"]) for i in raw], cfg.identifiers)
+        device_domain = self.devices.device_domain if self.devices and self.devices.enabled else None
+        idents = check_identifiers([Identifier(i["type"], i["value"]) for i in raw], cfg.identifiers,
+                                   device_domain)
 
         profile = payload.get("profile")
         if profile is None:  # JSON null is "not given", as for every optional field
@@ -120,7 +125,11 @@ class OrderService:
     def _new_authz(self, account_id: str, ident: Identifier, expires: datetime) -> Authorization:
         authz_id = new_id()
         wildcard = ident.type == "dns" and ident.value.startswith("*.")
-        types = self.validators.types_for(ident.type)
+        if self.devices is not None and self.devices.is_device_identifier(ident.type, ident.value):
+            # A node's identity is proven by its bootstrap certificate and nothing else.
+            types = [DEVICE_ATTEST_01]
+        else:
+            types = self.validators.types_for(ident.type)
         if wildcard:  # §7.1.3: wildcards prove control through DNS only
             types = [t for t in types if t == "dns-01"]
         if not types:
@@ -217,12 +226,21 @@ class OrderService:
         return chall, authz
 
     # -- validation ------------------------------------------------------------------
-    async def respond(self, account: Account, challenge_id: str) -> tuple[Challenge, Authorization]:
+    async def respond(self, account: Account, challenge_id: str,
+                      payload: dict[str, Any]) -> tuple[Challenge, Authorization]:
         """The client says it is ready: validate in the background (§7.5.1), answering as soon
-        as the result is in or after `validation.respond_wait`, whichever comes first."""
+        as the result is in or after `validation.respond_wait`, whichever comes first.
+        device-attest-01 needs no network and is checked before answering."""
         chall, authz = self.challenge_for(account, challenge_id)
         if authz.status == Status.EXPIRED:
             raise malformed("the authorization has expired")
+        if chall.type == DEVICE_ATTEST_01 and self.devices is not None:
+            if chall.status != Status.PENDING or authz.status != Status.PENDING:
+                raise AcmeProblem("badAttestationStatement", f"token already used: the challenge "
+                                  f"is {chall.status}; start a new order to attest again")
+            if await self.d.store.write(self.d.store.start_challenge, chall.id):
+                await self.devices.attest(account, chall, authz, payload)
+            return self.challenge_for(account, challenge_id)
         if chall.status == Status.PENDING and authz.status == Status.PENDING:
             if await self.d.store.write(self.d.store.start_challenge, chall.id):
                 task = self._spawn(chall, authz, account.thumbprint)
@@ -264,10 +282,20 @@ class OrderService:
         log.info("challenge %s %s for %s: %s", chall.id, chall.type, ident.value,
                  "valid" if error is None else f"invalid ({error['detail']})")
 
-    def resume(self) -> int:
+    async def resume(self) -> int:
         """After a restart, validate again what was in flight."""
         n = 0
         for chall, authz in self.d.store.challenges_processing():
+            if chall.type == DEVICE_ATTEST_01:
+                # Either waiting for an operator's rejoin approval (evidence recorded: leave
+                # it), or cut off mid-check: the attObj is not kept, so the node starts over.
+                if not self.d.store.evidence_for([authz.id]):
+                    error = ValidationFailure("badAttestationStatement", "attestation was "
+                                              "interrupted by a server restart; place a new "
+                                              "order").to_json()
+                    await self.d.store.write(self.d.store.finish_challenge, chall.id, authz.id,
+                                             valid=False, when=self.d.now(), error=error)
+                continue
             acct = self.d.store.get_account(authz.account_id)
             if acct is not None:
                 self._spawn(chall, authz, acct.thumbprint)

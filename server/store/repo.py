@@ -17,8 +17,8 @@ from typing import Any, Callable, Iterable, Iterator, ParamSpec, TypeVar
 
 import sqlite_utils
 
-from server.models import (Account, Authorization, Certificate, Challenge, EabKey, Identifier,
-                           Order, Status)
+from server.models import (Account, Authorization, AuthzEvidence, Certificate, Challenge,
+                           EabKey, Identifier, Node, NodeStatus, Order, Status)
 from server.store.schema import migrate
 from server.store.writer import GroupCommitWriter
 
@@ -343,7 +343,8 @@ class Store:
                            identifiers=_idents(row["identifiers"]),
                            key_fingerprint=row["key_fingerprint"], status=row["status"],
                            revoked_at=_dt(row["revoked_at"]),
-                           revocation_reason=row["revocation_reason"], ari_id=row["ari_id"])
+                           revocation_reason=row["revocation_reason"], ari_id=row["ari_id"],
+                           device_id=row["device_id"])
 
     def complete_order(self, order_id: str, cert: Certificate) -> bool:
         """Store the certificate and mark its order valid in one transaction."""
@@ -360,11 +361,17 @@ class Store:
             if n != 1:
                 raise _Rollback()
             c.execute("INSERT INTO certificates (serial, account_id, order_id, chain_pem, not_before, "
-                      "not_after, identifiers, key_fingerprint, status, ari_id) "
-                      "VALUES (?,?,?,?,?,?,?,?,?,?)",
+                      "not_after, identifiers, key_fingerprint, status, ari_id, device_id) "
+                      "VALUES (?,?,?,?,?,?,?,?,?,?,?)",
                       (cert.serial, cert.account_id, cert.order_id, cert.chain_pem,
                        _ts(cert.not_before), _ts(cert.not_after), _idents_json(cert.identifiers),
-                       cert.key_fingerprint, cert.status, cert.ari_id))
+                       cert.key_fingerprint, cert.status, cert.ari_id, cert.device_id))
+            if cert.device_id is not None:
+                c.execute("UPDATE nodes SET status = ?, current_serial = ?, last_issued_at = ?, "
+                          "account_id = ?, pending_account_id = NULL, updated_at = ? "
+                          "WHERE device_id = ?",
+                          (NodeStatus.ACTIVE, cert.serial, _ts(cert.not_before), cert.account_id,
+                           _ts(cert.not_before), cert.device_id))
         return True
 
     def get_certificate(self, serial: str) -> Certificate | None:
@@ -458,6 +465,117 @@ class Store:
                 for r in self.conn.execute(
                     "SELECT seq, serial, revoked_at, reason, not_after FROM revocation_events "
                     "WHERE seq > ? ORDER BY seq LIMIT ?", (seq, limit))]
+
+
+    # -- devices (device-attest-01) ----------------------------------------------------
+    @staticmethod
+    def _node(r: sqlite3.Row) -> Node:
+        return Node(device_id=r["device_id"], node_id=r["node_id"], manufacturer=r["manufacturer"],
+                    bootstrap_serial=r["bootstrap_serial"], bootstrap_spki=r["bootstrap_spki"],
+                    dns_name=r["dns_name"], spiffe_id=r["spiffe_id"], status=r["status"],
+                    created_at=_dt(r["created_at"]),  # type: ignore[arg-type]
+                    updated_at=_dt(r["updated_at"]),  # type: ignore[arg-type]
+                    account_id=r["account_id"], pending_account_id=r["pending_account_id"],
+                    owner=r["owner"], labels=json.loads(r["labels"] or "{}"),
+                    current_serial=r["current_serial"], last_issued_at=_dt(r["last_issued_at"]))
+
+    def get_node(self, device_id: str) -> Node | None:
+        row = self._one("SELECT * FROM nodes WHERE device_id = ?", [device_id])
+        return self._node(row) if row else None
+
+    def find_node(self, ref: str) -> Node | None:
+        """A node by device id, node id or DNS name (what an operator types)."""
+        row = self._one("SELECT * FROM nodes WHERE device_id = ? OR node_id = ? OR dns_name = ? "
+                        "LIMIT 1", [ref, ref.lower(), ref.lower()])
+        return self._node(row) if row else None
+
+    def list_nodes(self) -> list[Node]:
+        return [self._node(r) for r in self.conn.execute("SELECT * FROM nodes ORDER BY node_id")]
+
+    def record_attestation(self, node: Node, evidence: AuthzEvidence, challenge_id: str, *,
+                           when: datetime, approved: bool) -> None:
+        """The node (new or updated) and the evidence, with the challenge result: valid now,
+        or left processing until an operator approves the rejoin."""
+        with self._tx() as c:
+            c.execute("INSERT INTO nodes (device_id, node_id, manufacturer, bootstrap_serial, "
+                      "bootstrap_spki, dns_name, spiffe_id, status, account_id, pending_account_id, "
+                      "created_at, updated_at) VALUES (?,?,?,?,?,?,?,?,?,?,?,?) "
+                      "ON CONFLICT(device_id) DO UPDATE SET manufacturer = excluded.manufacturer, "
+                      "bootstrap_serial = excluded.bootstrap_serial, "
+                      "bootstrap_spki = excluded.bootstrap_spki, dns_name = excluded.dns_name, "
+                      "spiffe_id = excluded.spiffe_id, "
+                      "pending_account_id = excluded.pending_account_id, "
+                      "updated_at = excluded.updated_at",
+                      (node.device_id, node.node_id, node.manufacturer, node.bootstrap_serial,
+                       node.bootstrap_spki, node.dns_name, node.spiffe_id, node.status,
+                       node.account_id, node.pending_account_id, _ts(node.created_at),
+                       _ts(node.updated_at)))
+            c.execute("INSERT OR REPLACE INTO authz_evidence (authz_id, device_id, bootstrap_spki, "
+                      "bootstrap_serial) VALUES (?,?,?,?)",
+                      (evidence.authz_id, evidence.device_id, evidence.bootstrap_spki,
+                       evidence.bootstrap_serial))
+            if approved:
+                c.execute("UPDATE challenges SET status = ?, validated = ? WHERE id = ? AND status = ?",
+                          (Status.VALID, _ts(when), challenge_id, Status.PROCESSING))
+                c.execute("UPDATE authzs SET status = ? WHERE id = ? AND status = ?",
+                          (Status.VALID, evidence.authz_id, Status.PENDING))
+
+    def evidence_for(self, authz_ids: list[str]) -> list[AuthzEvidence]:
+        if not authz_ids:
+            return []
+        marks = ",".join("?" * len(authz_ids))
+        return [AuthzEvidence(r["authz_id"], r["device_id"], r["bootstrap_spki"], r["bootstrap_serial"])
+                for r in self.conn.execute(f"SELECT * FROM authz_evidence WHERE authz_id IN ({marks})",
+                                           authz_ids)]
+
+    def approve_rejoin(self, device_id: str, when: datetime) -> int:
+        """Validate the challenges waiting on this device's rejoin; returns how many."""
+        with self._tx() as c:
+            node = c.execute("SELECT pending_account_id FROM nodes WHERE device_id = ?",
+                             (device_id,)).fetchone()
+            if node is None or node[0] is None:
+                return 0
+            rows = c.execute("SELECT ch.id, ch.authz_id FROM challenges ch "
+                             "JOIN authz_evidence e ON e.authz_id = ch.authz_id "
+                             "JOIN authzs a ON a.id = ch.authz_id "
+                             "WHERE e.device_id = ? AND a.account_id = ? AND ch.status = ?",
+                             (device_id, node[0], Status.PROCESSING)).fetchall()
+            for ch_id, authz_id in rows:
+                c.execute("UPDATE challenges SET status = ?, validated = ? WHERE id = ?",
+                          (Status.VALID, _ts(when), ch_id))
+                c.execute("UPDATE authzs SET status = ? WHERE id = ? AND status = ?",
+                          (Status.VALID, authz_id, Status.PENDING))
+            return len(rows)
+
+    def set_node_status(self, device_id: str, status: str, when: datetime) -> bool:
+        with self._tx() as c:
+            return c.execute("UPDATE nodes SET status = ?, pending_account_id = NULL, updated_at = ? "
+                             "WHERE device_id = ?", (status, _ts(when), device_id)).rowcount == 1
+
+    def valid_certificates_of_device(self, device_id: str) -> list[str]:
+        return [r[0] for r in self.conn.execute(
+            "SELECT serial FROM certificates WHERE device_id = ? AND status = ?",
+            [device_id, Status.VALID])]
+
+    def deny_bootstrap(self, value: str, kind: str, note: str, when: datetime) -> bool:
+        with self._tx() as c:
+            return c.execute("INSERT OR IGNORE INTO bootstrap_denylist (value, kind, note, created_at) "
+                             "VALUES (?,?,?,?)", (value, kind, note, _ts(when))).rowcount == 1
+
+    def allow_bootstrap(self, value: str) -> bool:
+        with self._tx() as c:
+            return c.execute("DELETE FROM bootstrap_denylist WHERE value = ?", (value,)).rowcount == 1
+
+    def denied_bootstrap(self, *values: str) -> str | None:
+        """The first of `values` (device id, bootstrap serial) on the deny list."""
+        marks = ",".join("?" * len(values))
+        row = self._one(f"SELECT value FROM bootstrap_denylist WHERE value IN ({marks}) LIMIT 1",
+                        list(values))
+        return row[0] if row else None
+
+    def list_denied_bootstrap(self) -> list[dict[str, str]]:
+        return [dict(r) for r in self.conn.execute(
+            "SELECT value, kind, note, created_at FROM bootstrap_denylist ORDER BY created_at")]
 
 
 @dataclass(frozen=True)

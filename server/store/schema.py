@@ -62,9 +62,34 @@ def _v2(db: sqlite_utils.Database) -> None:
                "WHERE status = 'revoked' ORDER BY revoked_at, serial")
 
 
+def _v3(db: sqlite_utils.Database) -> None:
+    """Devices (device-attest-01): one node per device, the evidence an authorization was
+    won with, the operator's bootstrap deny list, and which device a certificate belongs
+    to. Idempotent for the same reason as _v2."""
+    db.execute("CREATE TABLE IF NOT EXISTS nodes ("
+               "device_id TEXT PRIMARY KEY, node_id TEXT NOT NULL UNIQUE, manufacturer TEXT NOT NULL, "
+               "bootstrap_serial TEXT NOT NULL, bootstrap_spki TEXT NOT NULL, dns_name TEXT NOT NULL, "
+               "spiffe_id TEXT NOT NULL, status TEXT NOT NULL, account_id TEXT, "
+               "pending_account_id TEXT, owner TEXT, labels TEXT NOT NULL DEFAULT '{}', "
+               "current_serial TEXT, last_issued_at TEXT, created_at TEXT NOT NULL, "
+               "updated_at TEXT NOT NULL)")
+    db.execute("CREATE INDEX IF NOT EXISTS nodes_status ON nodes (status)")
+    db.execute("CREATE TABLE IF NOT EXISTS authz_evidence ("
+               "authz_id TEXT PRIMARY KEY REFERENCES authzs(id), device_id TEXT NOT NULL, "
+               "bootstrap_spki TEXT NOT NULL, bootstrap_serial TEXT NOT NULL)")
+    db.execute("CREATE TABLE IF NOT EXISTS bootstrap_denylist ("
+               "value TEXT PRIMARY KEY, kind TEXT NOT NULL, note TEXT NOT NULL DEFAULT '', "
+               "created_at TEXT NOT NULL)")
+    cols = {r[1] for r in db.execute("PRAGMA table_info(certificates)").fetchall()}
+    if "device_id" not in cols:
+        db.execute("ALTER TABLE certificates ADD COLUMN device_id TEXT")
+    db.execute("CREATE INDEX IF NOT EXISTS certificates_device ON certificates (device_id)")
+
+
 MIGRATIONS: list[tuple[int, Callable[[sqlite_utils.Database], None]]] = [
     (1, _v1),
     (2, _v2),
+    (3, _v3),
 ]
 
 
@@ -72,12 +97,12 @@ def migrate(db: sqlite_utils.Database) -> int:
     """Bring the schema up to date; returns the version now in force."""
     db.execute("CREATE TABLE IF NOT EXISTS schema_migrations "
                "(version INTEGER PRIMARY KEY, applied_at TEXT NOT NULL)")
-    current = db.execute("SELECT COALESCE(MAX(version), 0) FROM schema_migrations").fetchone()[0]
+    applied = {r[0] for r in db.execute("SELECT version FROM schema_migrations").fetchall()}
     for version, step in MIGRATIONS:
-        if version <= current:
+        if version in applied:  # every missing step runs, not only those past the newest
             continue
         with db.conn:
             step(db)
             db.execute("INSERT INTO schema_migrations VALUES (?, datetime('now'))", [version])
-        current = version
-    return int(current)
+        applied.add(version)
+    return max(applied, default=0)

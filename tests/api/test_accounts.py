@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 import server.api.handlers_accounts as handlers_accounts
-from conftest import Harness, MakeHarness
+from support.harness import Harness, MakeHarness
 from support.acmeclient import Key, assert_problem
 
 

@@ -7,7 +7,7 @@ import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
-from conftest import Harness, assert_problem
+from support.harness import Harness, assert_problem
 from server.ra import ari
 from support.acmeclient import AcmeTestClient, b64u
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from conftest import Harness, MakeHarness, assert_problem
+from support.harness import Harness, MakeHarness, assert_problem
 from support.acmeclient import AcmeTestClient
 
 

@@ -6,7 +6,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.x509.oid import ExtendedKeyUsageOID
 from cryptography.x509.verification import PolicyBuilder, Store
 
-from conftest import Harness, assert_problem
+from support.harness import Harness, assert_problem
 from support.acmeclient import b64u, jws
 
 PEM_CHAIN = "application/pem-certificate-chain"

@@ -7,7 +7,7 @@ from datetime import datetime, timezone
 
 import pytest
 
-from conftest import Harness, MakeHarness
+from support.harness import Harness, MakeHarness
 from server.models import EabKey
 from support.acmeclient import Key, assert_problem, b64u, eab_binding, hmac_jws
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 from cryptography import x509
 from cryptography.x509.verification import PolicyBuilder, Store
 
-from conftest import Harness
+from support.harness import Harness
 
 
 async def test_full_enrollment_headers_and_chain(harness: Harness) -> None:

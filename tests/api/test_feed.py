@@ -10,7 +10,7 @@ from typing import Any
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
-from conftest import Harness, MakeHarness
+from api.conftest import Harness, MakeHarness  # annotations only; see tests/api/conftest.py
 from server.api.handlers_feed import FEED
 from server.store.repo import Store
 from support.acmeclient import AcmeTestClient, b64u

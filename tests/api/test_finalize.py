@@ -10,7 +10,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 from cryptography.x509.oid import NameOID
 
-from conftest import Harness, MakeHarness, assert_problem
+from support.harness import Harness, MakeHarness, assert_problem
 from support.acmeclient import Key, b64u, csr_der
 
 

@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from conftest import Harness, MakeHarness
+from support.harness import Harness, MakeHarness
 from support.acmeclient import Key, assert_problem, b64u, jws, signed_body
 
 

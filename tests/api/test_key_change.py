@@ -5,7 +5,7 @@ import json
 
 import pytest
 
-from conftest import Harness
+from support.harness import Harness
 from support.acmeclient import AcmeTestClient, Key, assert_problem, b64u, key_change_inner
 
 

@@ -1,7 +1,7 @@
 """Replay nonces over HTTP (RFC 8555 §7.2, §6.5)."""
 from __future__ import annotations
 
-from conftest import Harness
+from support.harness import Harness
 from support.acmeclient import assert_problem, jws
 
 

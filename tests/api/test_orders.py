@@ -7,7 +7,7 @@ from datetime import UTC, datetime, timedelta
 import pytest
 from cryptography import x509
 
-from conftest import Harness, MakeHarness, assert_problem
+from support.harness import Harness, MakeHarness, assert_problem
 from support.acmeclient import b64u, csr_der
 
 

@@ -8,7 +8,7 @@ from server.app import create_app
 from server.models import Status
 from support.acmeclient import AcmeTestClient, b64u, csr_der
 
-from conftest import Harness
+from support.harness import Harness
 
 
 async def _restart(harness: Harness, aiohttp_client: Any) -> Harness:

@@ -9,7 +9,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519
 
-from conftest import Harness, assert_problem
+from support.harness import Harness, assert_problem
 from support.acmeclient import AcmeTestClient, Key, b64u, key_from_private
 
 

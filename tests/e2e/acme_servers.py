@@ -420,6 +420,9 @@ NODETRUST_CONFIG_TEMPLATE = """\
 http_port = {http_port}
 tls_port = {tls_port}
 hosts = {{ "*" = "127.0.0.1" }}
+
+[attestation]
+demo_manufacturer = true
 """
 
 

@@ -26,7 +26,6 @@ from e2e.acme_servers import NodetrustServer, free_ports, start_nodetrust, stop_
 from support.remote_acme import Enrolled, Http01Responder, RemoteAcme
 
 pytestmark = pytest.mark.e2e
-pytest.importorskip("gateway.main", reason="the gateway data path (gateway/main.py) is not in yet")
 
 START_DEADLINE = 20.0
 REFUSAL_BUDGET = 1.0  # product requirement: revocation to refusal on an open connection
@@ -64,7 +63,7 @@ def nodetrust(tmp_path: Path) -> Iterator[NodetrustServer]:
 
 
 @pytest.fixture
-async def upstream() -> AsyncIterator[int]:
+async def hello_upstream() -> AsyncIterator[int]:
     app = web.Application()
 
     async def hello(request: web.Request) -> web.Response:
@@ -79,7 +78,7 @@ async def upstream() -> AsyncIterator[int]:
 
 
 @pytest.fixture
-async def node(nodetrust: NodetrustServer) -> AsyncIterator[tuple[Enrolled, RemoteAcme]]:
+async def enrolled_node(nodetrust: NodetrustServer) -> AsyncIterator[tuple[Enrolled, RemoteAcme]]:
     responder = Http01Responder(port=nodetrust.http_port)
     await responder.start()
     base = nodetrust.directory_url.rsplit("/acme/", 1)[0]
@@ -164,12 +163,45 @@ def wait_until_serving(port: int, ctx: ssl.SSLContext, proc: subprocess.Popen[by
                          + log_path.read_text(errors="replace")[-4000:])
 
 
+# What `nodetrust revoke` (or decommission, rejoin) will do: its own Store on the server's
+# file, in another process. Prints the CLOCK_MONOTONIC instant of the commit (system-wide on
+# Linux, so comparable with ours).
+_OTHER_PROCESS = """
+import sys, time
+from datetime import datetime, timezone
+from pathlib import Path
+from server.store.repo import Store
+store = Store(Path(sys.argv[1]))
+assert store.revoke_certificate(sys.argv[2], reason=1, when=datetime.now(timezone.utc))
+print(time.monotonic())
+store.close()
+"""
+
+
+async def _revoke(how: str, acme: RemoteAcme, node: Enrolled,
+                  nodetrust: NodetrustServer) -> tuple[float, float]:
+    """Revoke; returns (started, recorded): monotonic instants before the request and at
+    (ACME: right after the answer; other process: right after the commit) the record."""
+    started = time.monotonic()
+    if how == "acme":
+        await acme.revoke(node, reason=1)
+        return started, time.monotonic()
+    out = await asyncio.to_thread(
+        subprocess.run, [sys.executable, "-c", _OTHER_PROCESS,
+                         str(nodetrust.data_dir / "nodetrust.db"),
+                         format(node.cert.serial_number, "x")],
+        capture_output=True, check=True, text=True)
+    return started, float(out.stdout.strip())
+
+
+@pytest.mark.parametrize("how", ["acme", "other-process"])
 async def test_revoked_node_is_refused_on_its_open_connection_within_a_second(
-        nodetrust: NodetrustServer, upstream: int, node: tuple[Enrolled, RemoteAcme],
-        tmp_path: Path, record_property: Any) -> None:
-    enrolled, acme = node
+        how: str, nodetrust: NodetrustServer, hello_upstream: int,
+        enrolled_node: tuple[Enrolled, RemoteAcme], tmp_path: Path,
+        record_property: Any) -> None:
+    enrolled, acme = enrolled_node
     ctx = client_context(nodetrust, enrolled, tmp_path)
-    with run_gateway(nodetrust, upstream, tmp_path / "gateway") as (port, proc):
+    with run_gateway(nodetrust, hello_upstream, tmp_path / "gateway") as (port, proc):
         await asyncio.to_thread(wait_until_serving, port, ctx, proc,
                                 tmp_path / "gateway" / "gateway.log")
         conn = await asyncio.to_thread(OneConnection, port, ctx)
@@ -177,9 +209,7 @@ async def test_revoked_node_is_refused_on_its_open_connection_within_a_second(
             status, body = await asyncio.to_thread(conn.get, "/hello")
             assert (status, body) == (200, b"hello from upstream")
 
-            started = time.monotonic()  # before the revokeCert request: an upper bound
-            await acme.revoke(enrolled, reason=1)
-            recorded = time.monotonic()
+            started, recorded = await _revoke(how, acme, enrolled, nodetrust)
             deadline = started + 5 * REFUSAL_BUDGET  # fail with a number, not a hang
             while True:
                 status, body = await asyncio.to_thread(conn.get, "/hello")
@@ -191,11 +221,12 @@ async def test_revoked_node_is_refused_on_its_open_connection_within_a_second(
         assert status == 403, (status, body)
         problem = json.loads(body)
         assert problem["reason"] == "revoked", problem
-        latency, after_commit = refused - started, refused - recorded
+        # The requirement counts from the revocation being recorded; ACME's figure also
+        # includes the whole revokeCert request, so it is an upper bound.
+        latency = refused - (started if how == "acme" else recorded)
         record_property("revocation_to_refusal_s", round(latency, 4))
-        record_property("commit_to_refusal_s", round(after_commit, 4))
-        print(f"\nrevocation-to-refusal {latency * 1000:.1f} ms "
-              f"({after_commit * 1000:.1f} ms after revokeCert answered)")
+        print(f"\n{how}: revocation-to-refusal {latency * 1000:.1f} ms "
+              f"({(refused - recorded) * 1000:.1f} ms after the revocation was recorded)")
         assert latency < REFUSAL_BUDGET, f"refused after {latency:.3f}s"
 
         # A new handshake with the revoked certificate gets nowhere either: refused in the
@@ -206,6 +237,8 @@ async def test_revoked_node_is_refused_on_its_open_connection_within_a_second(
                 status, body = await asyncio.to_thread(fresh.get, "/hello")
             finally:
                 fresh.close()
-        except (ssl.SSLError, ConnectionError, http.client.HTTPException):
+        except (ssl.SSLError, ConnectionError, http.client.HTTPException) as exc:
+            record_property("new_handshake", f"refused in TLS: {exc!r}")
             return
         assert status == 403 and json.loads(body)["reason"] == "revoked", (status, body)
+        record_property("new_handshake", "403 revoked on its first request")

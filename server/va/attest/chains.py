@@ -132,3 +132,29 @@ def _check_leaf_key_usage(leaf: x509.Certificate) -> None:
                                   "allow digitalSignature")
 
 
+
+
+DEMO_MANUFACTURER = "demo"
+
+
+def load_trust(roots_dir: Path | None, *, demo_dir: Path | None = None,
+               crl_paths: tuple[Path, ...] = (), default_source: str = "auto",
+               sources: dict[str, str] | None = None) -> ManufacturerTrust:
+    """One manufacturer per PEM file in `roots_dir` (name = file stem), plus the demo
+    manufacturer when `demo_dir` holds a root. CRLs attach to the manufacturer whose root
+    issued them or whose chain they match at verification time (by issuer name)."""
+    sources = sources or {}
+    makers: list[Manufacturer] = []
+    crls = tuple(load_crl(p) for p in crl_paths)
+    found: list[tuple[str, Path]] = []
+    if roots_dir is not None:
+        if not roots_dir.is_dir():
+            raise TrustLoadError(f"{roots_dir}: manufacturer roots folder does not exist")
+        found += [(p.stem, p) for p in sorted(roots_dir.iterdir()) if p.suffix in (".pem", ".crt")]
+    if demo_dir is not None and (demo_dir / "root.pem").exists():
+        found.append((DEMO_MANUFACTURER, demo_dir / "root.pem"))
+    for name, path in found:
+        makers.append(Manufacturer(name=name, roots=tuple(load_certificates(path)),
+                                   device_id_source=sources.get(name, default_source), crls=crls))
+    log.info("manufacturer roots: %s", ", ".join(m.name for m in makers) or "(none)")
+    return ManufacturerTrust(makers)

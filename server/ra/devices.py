@@ -1,0 +1,147 @@
+"""Devices: device-attest-01 results become nodes, under the rejoin, deny-list and
+decommission rules. The VA (`server.va.attest`) proves what the bootstrap certificate
+says; this module decides what that buys, from policy and stored state."""
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import Any
+
+from server.errors import AcmeProblem, ValidationFailure
+from server.identity import NodeIdentity, node_identity
+from server.models import (Account, Authorization, AuthzEvidence, Challenge, Node, NodeStatus,
+                           Order)
+from server.ra.deps import Deps
+from server.va.attest.chains import ManufacturerTrust, load_trust
+from server.va.attest.errors import attestation_failure
+from server.va.attest.verify import BootstrapEvidence, verify_attestation
+
+log = logging.getLogger("nodetrust.devices")
+
+DEVICE_ATTEST_01 = "device-attest-01"
+DEVICE_IDENTIFIER_TYPES = ("permanent-identifier",)
+
+
+@dataclass(frozen=True)
+class DevicePlan:
+    """What finalize issues for an order won by attestation."""
+
+    node: Node
+    identity: NodeIdentity
+    bootstrap_spki: str
+
+
+class DeviceService:
+    def __init__(self, deps: Deps) -> None:
+        self.d = deps
+        settings = deps.cfg.identity
+        probe = node_identity("n", settings).dns_name  # "n.nodes.nodetrust.internal"
+        self.device_domain = probe[1:]  # ".nodes.nodetrust.internal"
+        self.trust = ManufacturerTrust()
+        self.reload_trust()
+
+    def reload_trust(self) -> None:
+        """Read manufacturer roots and CRLs again (start-up and SIGHUP). A bad file raises
+        TrustLoadError and leaves the previous trust in force."""
+        att = self.d.cfg.attestation
+        self.trust = load_trust(
+            att.roots_dir, demo_dir=self.d.cfg.data_dir / "demo-manufacturer"
+            if att.demo_manufacturer else None, crl_paths=att.crls,
+            default_source=att.device_id_source, sources=dict(att.device_id_sources))
+
+    @property
+    def enabled(self) -> bool:
+        return self.d.cfg.attestation.enabled
+
+    def is_device_identifier(self, ident_type: str, value: str) -> bool:
+        return self.enabled and (ident_type in DEVICE_IDENTIFIER_TYPES or (
+            ident_type == "dns" and value.endswith(self.device_domain)))
+
+    async def attest(self, account: Account, chall: Challenge, authz: Authorization,
+                     payload: dict[str, Any]) -> None:
+        """Verify the attestation and record the outcome on the (processing) challenge."""
+        try:
+            evidence = verify_attestation(
+                payload.get("attObj"), f"{chall.token}.{account.thumbprint}", self.trust,
+                self.d.now(), formats=self.d.cfg.attestation.formats)
+            node, approved = self._decide(account, authz, evidence)
+        except ValidationFailure as f:
+            error = f.to_json()
+            error["identifier"] = authz.identifier.to_json()
+            await self.d.store.write(self.d.store.finish_challenge, chall.id, authz.id, valid=False,
+                                     when=self.d.now(), error=error)
+            log.info("device-attest-01 for %s refused: %s", authz.identifier.value, f.detail)
+            return
+        await self.d.store.write(
+            self.d.store.record_attestation, node,
+            AuthzEvidence(authz.id, evidence.device_id, evidence.spki_sha256, evidence.serial),
+            chall.id, when=self.d.now(), approved=approved)
+        log.info("device %s (%s, bootstrap %s) attested for account %s%s", evidence.device_id,
+                 evidence.manufacturer, evidence.serial, account.id,
+                 "" if approved else ": rejoin waits for `nodetrust nodes approve`")
+
+    def _decide(self, account: Account, authz: Authorization,
+                ev: BootstrapEvidence) -> tuple[Node, bool]:
+        identity = node_identity(ev.device_id, self.d.cfg.identity)
+        ident = authz.identifier
+        expected = ev.device_id if ident.type in DEVICE_IDENTIFIER_TYPES else identity.dns_name
+        if ident.value != expected:
+            raise attestation_failure("identifier mismatch", f"the bootstrap certificate is for "
+                                      f"device {ev.device_id!r} ({ident.type} {expected!r}), not "
+                                      f"{ident.value!r}")
+        denied = self.d.store.denied_bootstrap(ev.device_id, ev.serial)
+        if denied is not None:
+            raise attestation_failure("bootstrap certificate revoked", f"{denied!r} is on the "
+                                      "operator's bootstrap deny list (`nodetrust bootstrap allow` "
+                                      "lifts it)")
+        now = self.d.now()
+        node = self.d.store.get_node(ev.device_id)
+        if node is not None and node.status == NodeStatus.DECOMMISSIONED:
+            raise attestation_failure("device decommissioned", f"device {ev.device_id!r} was "
+                                      "decommissioned; `nodetrust nodes readmit` lets it enroll again")
+        approved, pending = True, None
+        if node is not None and node.account_id not in (None, account.id):
+            rule = self.d.cfg.attestation.rejoin
+            if rule == "deny":
+                raise attestation_failure("rejoin refused", f"device {ev.device_id!r} is enrolled "
+                                          "under another account (rule attestation.rejoin = deny)")
+            if rule == "approve":
+                approved, pending = False, account.id
+        return Node(device_id=ev.device_id, node_id=identity.node_id, manufacturer=ev.manufacturer,
+                    bootstrap_serial=ev.serial, bootstrap_spki=ev.spki_sha256,
+                    dns_name=identity.dns_name, spiffe_id=identity.spiffe_id,
+                    status=node.status if node else NodeStatus.PENDING,
+                    created_at=node.created_at if node else now, updated_at=now,
+                    account_id=node.account_id if node else None,
+                    pending_account_id=pending), approved
+
+    def plan(self, order: Order) -> DevicePlan | None:
+        """The device an order is for, when its authorizations were won by attestation."""
+        evidence = self.d.store.evidence_for(order.authz_ids)
+        if not evidence:
+            return None
+        devices = {e.device_id for e in evidence}
+        if len(devices) != 1 or len(evidence) != len(order.authz_ids):
+            raise AcmeProblem("badCSR", "an order for a device must name that one device only")
+        ev = evidence[0]
+        node = self.d.store.get_node(ev.device_id)
+        if node is None or node.status == NodeStatus.DECOMMISSIONED:
+            raise AcmeProblem("unauthorized", f"device {ev.device_id!r} was decommissioned",
+                              status=403)
+        return DevicePlan(node=node, identity=node_identity(ev.device_id, self.d.cfg.identity),
+                          bootstrap_spki=ev.bootstrap_spki)
+
+    async def supersede(self, device_id: str, keep_serial: str, previous_account: str | None,
+                        account_id: str) -> None:
+        """Rejoin (allow or approved): the device's certificates from its previous account
+        are revoked as superseded once the new one is issued."""
+        if previous_account is None or previous_account == account_id:
+            return
+        for serial in self.d.store.valid_certificates_of_device(device_id):
+            cert = self.d.store.get_certificate(serial)
+            if serial != keep_serial and cert is not None and cert.account_id != account_id:
+                await self.d.store.write(self.d.store.revoke_certificate, serial, reason=4,
+                                         when=self.d.now())
+                log.info("rejoin of %s: revoked %s (superseded)", device_id, serial)
+
+
