@@ -9,7 +9,7 @@ bytes, so forwarding costs a concatenation) and a per-identity memo of route dec
 from __future__ import annotations
 
 import hashlib
-import json
+from json.encoder import encode_basestring
 from dataclasses import dataclass, field
 from urllib.parse import urlsplit
 
@@ -94,8 +94,8 @@ def parse_identity(der: bytes) -> Identity:
              f"{NODE_ID_HEADER}: {_clean(ident.node_id)}",
              f"{SPIFFE_ID_HEADER}: {_clean(ident.spiffe_id)}"]
     ident.headers = ("\r\n".join(lines) + "\r\n").encode("latin-1")
-    ident.log_prefix = (f'"node":{json.dumps(ident.node_id)},"spiffe":{json.dumps(spiffe)},'
-                        f'"serial":"{ident.serial:x}",')
+    ident.log_prefix = (f'"node":{encode_basestring(ident.node_id)},'
+                        f'"spiffe":{encode_basestring(spiffe)},"serial":"{ident.serial:x}",')
     return ident
 
 

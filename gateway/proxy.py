@@ -28,6 +28,7 @@ __all__ = ["ClientConn", "Exchange"]
 # Why the client transport is not being read (a bit each; reading resumes when all clear).
 PAUSE_PIPELINE, PAUSE_UPSTREAM, PAUSE_PENDING, PAUSE_UPGRADE = 1, 2, 4, 8
 PENDING_LIMIT = 256 * 1024  # body bytes held while the upstream connection is being set up
+READ_BUFFER = 64 * 1024
 _CLOSE_FIELD = b"connection: close\r\n"
 
 
@@ -66,9 +67,14 @@ class Exchange:
         self.upstream_seconds: float | None = None
 
 
-class ClientConn(asyncio.Protocol):
+class ClientConn(asyncio.BufferedProtocol):
+    """A BufferedProtocol: TLS records decrypt straight into one reused buffer. (With plain
+    data_received, the TLS layer allocates a 256 KiB bytes object per read: measured as a
+    sixth of the gateway's CPU in mmap/munmap under keep-alive load.)"""
+
     def __init__(self, gw: Gateway) -> None:
         self.gw = gw
+        self._rbuf = memoryview(bytearray(READ_BUFFER))
         self.transport: asyncio.Transport | None = None
         self.ident: Identity | None = None
         self.parser = httptools.HttpRequestParser(self)
@@ -125,14 +131,19 @@ class ClientConn(asyncio.Protocol):
         if self.spliced is not None:
             self.spliced.close()
 
-    def data_received(self, data: bytes) -> None:
+    def get_buffer(self, sizehint: int) -> memoryview:
+        return self._rbuf
+
+    def buffer_updated(self, nbytes: int) -> None:
+        # `data` is a view of the reused buffer: whatever outlives this call is copied.
+        data = self._rbuf[:nbytes]
         self.last_active = self.gw.loop.time()
         if self.spliced is not None:
             if self.spliced.transport is not None:
-                self.spliced.transport.write(data)
+                self.spliced.transport.write(bytes(data))
             return
         if self.ws_wait is not None:  # bytes sent eagerly after an upgrade request
-            self.ws_wait.ws_early.append(data)
+            self.ws_wait.ws_early.append(bytes(data))
             self._pause(PAUSE_UPGRADE)
             return
         if self.draining or self.closing:
@@ -140,7 +151,7 @@ class ClientConn(asyncio.Protocol):
         try:
             self.parser.feed_data(data)
         except httptools.HttpParserUpgrade as e:
-            self._after_upgrade_request(data[e.args[0]:])
+            self._after_upgrade_request(bytes(data[e.args[0]:]))
         except httptools.HttpParserCallbackError as e:
             if isinstance(e.__context__, _HeadersTooLarge):
                 self._fatal(431, "headers_too_large")

@@ -131,8 +131,6 @@ class UpstreamConn(asyncio.Protocol):
         self._received = self._complete = self._head_only = self._until_close = False
         self._interim, self._mode, self._raw = False, BODY_NONE, []
         ex.t_sent = self.pool.loop.time()
-        # Checked by the gateway's housekeeping tick: a float per request instead of a timer.
-        ex.deadline = ex.t_sent + self.pool.response_timeout
         self.transport.write(ex.head)
         self.transport.resume_reading()  # no-op unless a slow client had paused it
         pending, ex.pending = ex.pending, None
@@ -151,8 +149,15 @@ class UpstreamConn(asyncio.Protocol):
             self.transport.write(chunk)
 
     def end_body(self) -> None:
-        if self.transport is not None and self.ex is not None and self.ex.chunked_request:
+        """The whole request is out: the upstream's response_timeout starts now (a long upload
+        is not a slow upstream). The gateway's tick checks the deadline: no timer per request."""
+        ex = self.ex
+        if self.transport is None or ex is None:
+            return
+        if ex.chunked_request:
             self.transport.write(b"0\r\n\r\n")
+        if not ex.response_started:
+            ex.deadline = self.pool.loop.time() + self.pool.response_timeout
 
     # --- response parser callbacks ---------------------------------------------------------------
 

@@ -9,11 +9,14 @@ from __future__ import annotations
 from typing import Any
 
 import josepy as jose
-from acme import challenges
+from acme import challenges, messages
 
 DEVICE_ATTEST_01 = "device-attest-01"
 PERMANENT_IDENTIFIER = "permanent-identifier"
 HARDWARE_MODULE = "hardware-module"
+# acme.messages knows only dns and ip; anything parsing a device order needs these.
+IDENTIFIER_PERMANENT = messages.IdentifierType(PERMANENT_IDENTIFIER)
+IDENTIFIER_HARDWARE_MODULE = messages.IdentifierType(HARDWARE_MODULE)
 
 
 @challenges.Challenge.register

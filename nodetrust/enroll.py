@@ -30,10 +30,9 @@ from nodetrust.acme_errors import ENROLL_ERRORS, EnrollError, describe_problem, 
 from nodetrust.ari import RenewalWindow, cert_id, fetch_window
 from nodetrust.attestation import build_att_obj
 from nodetrust.bootstrap import Bootstrap
-from nodetrust.challenges import PERMANENT_IDENTIFIER, DeviceAttest01, DeviceAttest01Response
+from nodetrust.challenges import IDENTIFIER_PERMANENT, DeviceAttest01, DeviceAttest01Response
 
 # acme only parses identifier types it has seen; the server echoes ours in orders and authzs.
-IDENTIFIER_PERMANENT = messages.IdentifierType(PERMANENT_IDENTIFIER)
 USER_AGENT = "nodetrust-enroll/0.1"
 ACCOUNT_KEY, NODE_KEY, NODE_CERT = "account.key", "node.key", "node.pem"
 
@@ -104,7 +103,7 @@ def register(acme: client.ClientV2) -> str:
     try:
         return str(acme.new_account(reg).uri)
     except acme_errors.ConflictError as exc:  # the key already has an account
-        url = str(exc.args[0]) if exc.args else str(exc)
+        url = exc.location
         acme.net.account = messages.RegistrationResource(body=messages.Registration(), uri=url)
         return url
 
@@ -253,8 +252,8 @@ def enroll(req: EnrollRequest) -> EnrollResult:
     acme = connect(req.server, account_key, req.verify)
 
     if current is not None:
-        window = _window(acme, current)
-        if not req.force and _now() < window.start:
+        window = None if req.force else _window(acme, current)
+        if window is not None and _now() < window.start:
             _describe(result, current)
             result.action, result.renew_from, result.renew_until = \
                 "not-due", window.start, window.end

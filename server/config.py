@@ -104,6 +104,9 @@ class AttestationSettings:
     device_id_source: str = "auto"  # auto | serialNumber | permanentIdentifier
     device_id_sources: Mapping[str, str] = field(default_factory=dict)  # per manufacturer
     rejoin: str = "allow"  # allow | approve | deny: an enrolled device enrolls again
+    # HOST:PORT of the bootstrap mTLS listener where a device (e.g. a lego node) trades its
+    # bootstrap certificate for EAB credentials; None: off.
+    bootstrap_listen: tuple[str, int] | None = None
 
 
 @dataclass(frozen=True)
@@ -435,6 +438,8 @@ def _parse_attestation(sec: _Section, d: AttestationSettings, base_dir: Path) ->
                                 "device_id_source"),
         device_id_sources={k: source(str(v), f"device_id_sources.{k}") for k, v in sources.items()},
         rejoin=rejoin,
+        bootstrap_listen=parse_listen(listen, sec.key("bootstrap_listen"), sec.source)
+        if (listen := sec.get("bootstrap_listen", str, "")) else None,
     )
     sec.done()
     return out

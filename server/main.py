@@ -3,16 +3,21 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import signal
 import logging
 import ssl
 import sys
 from pathlib import Path
+from typing import Any, Callable
 
 from aiohttp import web
 
+from server.api.bootstrap import bootstrap_tls_context, create_bootstrap_app
+from server.api.context import API
 from server.app import create_app, open_ca
 from server.ca import CAError
 from server.config import DEFAULT_CONFIG, ConfigError, ServerConfig, load_config
+from server.va.attest.chains import TrustLoadError
 
 log = logging.getLogger("nodetrust.server")
 
@@ -63,23 +68,66 @@ def main(argv: list[str] | None = None) -> int:
     except OSError as exc:
         print(f"nodetrust-server: {exc.filename or ''}: {exc.strerror or exc}", file=sys.stderr)
         return 2
-    app = create_app(cfg, ca=ca)
-
-    async def announce(_: web.Application) -> None:
-        log.info("ACME directory: %s/acme/directory", cfg.url)
-        log.info("CA root (trust this for the server and what it issues): %s", ca.root_path)
-
-    app.on_startup.append(announce)
     try:
-        web.run_app(app, host=cfg.listen_host, port=cfg.listen_port,
-                    ssl_context=tls_context(cfg, cert, key), print=None,
-                    access_log=None, shutdown_timeout=5, loop=new_event_loop())
+        app = create_app(cfg, ca=ca)
+    except TrustLoadError as exc:
+        print(f"nodetrust-server: manufacturer roots: {exc}", file=sys.stderr)
+        return 2
+    try:
+        run(serve(cfg, app, ca.root_path, cert, key), new_event_loop)
     except OSError as exc:
-        print(f"nodetrust-server: cannot listen on {cfg.listen_host}:{cfg.listen_port}: "
-              f"{exc.strerror or exc}", file=sys.stderr)
+        print(f"nodetrust-server: cannot listen: {exc.strerror or exc}", file=sys.stderr)
         return 1
     log.info("stopped")
     return 0
+
+
+def run(main_coro: Any, loop_factory: Callable[[], asyncio.AbstractEventLoop]) -> None:
+    with asyncio.Runner(loop_factory=loop_factory) as runner:
+        runner.run(main_coro)
+
+
+async def serve(cfg: ServerConfig, app: web.Application, root_path: Path, cert: Path,
+                key: Path) -> None:
+    """The ACME listener, and the bootstrap mTLS listener when configured, until SIGTERM or
+    SIGINT. SIGHUP re-reads the manufacturer roots; a bad file keeps the old ones."""
+    ctx = app[API]
+    runners = [web.AppRunner(app, access_log=None, shutdown_timeout=5)]
+    await runners[0].setup()
+    await web.TCPSite(runners[0], cfg.listen_host, cfg.listen_port,
+                      ssl_context=tls_context(cfg, cert, key)).start()
+    log.info("ACME directory: %s/acme/directory", cfg.url)
+    log.info("CA root (trust this for the server and what it issues): %s", root_path)
+    devices = ctx.orders.devices
+    if cfg.attestation.bootstrap_listen and devices is not None and devices.enabled:
+        host, port = cfg.attestation.bootstrap_listen
+        boot = web.AppRunner(create_bootstrap_app(ctx), access_log=None, shutdown_timeout=5)
+        await boot.setup()
+        runners.append(boot)
+        await web.TCPSite(boot, host, port, ssl_context=bootstrap_tls_context(
+            cert, key, lambda: devices.trust)).start()
+        log.info("bootstrap mTLS (device certificate -> EAB credentials): https://%s:%d/"
+                 "bootstrap/eab", host, port)
+
+    def reload() -> None:
+        if devices is None:
+            return
+        try:
+            devices.reload_trust()
+        except TrustLoadError as exc:
+            log.error("SIGHUP: manufacturer roots not reloaded, keeping the old ones: %s", exc)
+
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    loop.add_signal_handler(signal.SIGHUP, reload)
+    try:
+        await stop.wait()
+    finally:
+        log.info("stopping")
+        for r in reversed(runners):
+            await r.cleanup()
 
 
 if __name__ == "__main__":

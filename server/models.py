@@ -103,6 +103,11 @@ class EabKey:
     account_id: str | None = None
     revoked: bool = False
     note: str = ""
+    # Set when a device earned this key over bootstrap mTLS (the lego path): an account
+    # bound with it is pre-authorized for exactly that device's identifiers.
+    device_id: str | None = None
+    bootstrap_spki: str | None = None
+    bootstrap_serial: str | None = None
 
 
 class NodeStatus:

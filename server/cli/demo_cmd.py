@@ -30,9 +30,11 @@ def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-ar
                    help="machine-readable output")
 
 
-def run(args: argparse.Namespace, data_dir: Path) -> int:
+def run(args: argparse.Namespace, data_dir: Path, settings: IdentitySettings) -> int:
+    """`settings`: the server conf's identity templates, so the printed names are the ones
+    the server will issue."""
     try:
-        ident = node_identity(args.device_id, IdentitySettings())
+        ident = node_identity(args.device_id, settings)
     except ValidationFailure as exc:
         raise CliError(exc.detail) from None
     data_dir = data_dir.resolve()

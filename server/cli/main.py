@@ -32,7 +32,7 @@ def main(argv: list[str] | None = None) -> int:
             return enroll_cmd.run(args)
         cfg = load_config(args.config).with_overrides(data_dir=args.data_dir)
         if args.cmd == "demo":
-            return demo_cmd.run(args, cfg.data_dir)
+            return demo_cmd.run(args, cfg.data_dir, cfg.identity)
         if not cfg.db_path.exists():
             raise CliError(f"no nodetrust database at {cfg.db_path}: start nodetrust-server once "
                            "or pass --data-dir")

@@ -64,7 +64,9 @@ class AccountService:
                               headers={"Link": f'<{acme.terms_of_service}>;rel="terms-of-service"'})
         eab_kid = None
         eab = payload.get("externalAccountBinding")
-        if eab is not None and acme.eab != "off":
+        if eab is not None and (acme.eab != "off" or self._is_device_binding(eab)):
+            # With EAB off, only keys a device earned over bootstrap mTLS are honored: they
+            # carry its pre-authorization (server.api.bootstrap); other bindings are ignored.
             eab_kid = self._check_eab(eab, jwk, new_account_url)
         elif acme.eab == "required":
             raise AcmeProblem("externalAccountRequired", "this server requires an external account "
@@ -80,6 +82,14 @@ class AccountService:
                 return again, False
             raise unauthorized("the external account binding key was used by another account")
         return acct, True
+
+    def _is_device_binding(self, eab: Any) -> bool:
+        try:
+            kid = parse_eab(eab)["protected"].get("kid")
+        except AcmeProblem:
+            return False
+        key = self.d.store.get_eab_key(kid) if isinstance(kid, str) else None
+        return key is not None and key.device_id is not None
 
     def _check_eab(self, eab: Any, jwk: dict[str, Any], new_account_url: str) -> str:
         """RFC 8555 §7.3.4: an HMAC JWS over the account key, by a key the operator issued."""

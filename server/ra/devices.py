@@ -3,14 +3,19 @@ decommission rules. The VA (`server.va.attest`) proves what the bootstrap certif
 says; this module decides what that buys, from policy and stored state."""
 from __future__ import annotations
 
+import hashlib
 import logging
+import secrets
 from dataclasses import dataclass
 from typing import Any
 
+from cryptography import x509
+from cryptography.hazmat.primitives import serialization
+
 from server.errors import AcmeProblem, ValidationFailure
-from server.identity import NodeIdentity, node_identity
-from server.models import (Account, Authorization, AuthzEvidence, Challenge, Node, NodeStatus,
-                           Order)
+from server.identity import NodeIdentity, device_id_of, node_identity
+from server.models import (Account, Authorization, AuthzEvidence, Challenge, EabKey, Node,
+                           NodeStatus, Order)
 from server.ra.deps import Deps
 from server.va.attest.chains import ManufacturerTrust, load_trust
 from server.va.attest.errors import attestation_failure
@@ -89,6 +94,13 @@ class DeviceService:
             raise attestation_failure("identifier mismatch", f"the bootstrap certificate is for "
                                       f"device {ev.device_id!r} ({ident.type} {expected!r}), not "
                                       f"{ident.value!r}")
+        return self._admit(ev, identity, account.id)
+
+    def _admit(self, ev: BootstrapEvidence, identity: NodeIdentity,
+               account_id: str | None) -> tuple[Node, bool]:
+        """Deny list, decommission and rejoin rules; (node to record, approved now).
+        `account_id` None: the account is not known yet (bootstrap EAB), so any earlier
+        enrollment counts as a rejoin."""
         denied = self.d.store.denied_bootstrap(ev.device_id, ev.serial)
         if denied is not None:
             raise attestation_failure("bootstrap certificate revoked", f"{denied!r} is on the "
@@ -100,13 +112,18 @@ class DeviceService:
             raise attestation_failure("device decommissioned", f"device {ev.device_id!r} was "
                                       "decommissioned; `nodetrust nodes readmit` lets it enroll again")
         approved, pending = True, None
-        if node is not None and node.account_id not in (None, account.id):
+        if node is not None and node.account_id is not None and node.account_id != account_id:
             rule = self.d.cfg.attestation.rejoin
             if rule == "deny":
                 raise attestation_failure("rejoin refused", f"device {ev.device_id!r} is enrolled "
                                           "under another account (rule attestation.rejoin = deny)")
             if rule == "approve":
-                approved, pending = False, account.id
+                if account_id is None:
+                    raise attestation_failure(
+                        "rejoin refused", f"device {ev.device_id!r} is enrolled under another "
+                        "account and attestation.rejoin = approve: enroll with device-attest-01 "
+                        "so an operator can approve the new account")
+                approved, pending = False, account_id
         return Node(device_id=ev.device_id, node_id=identity.node_id, manufacturer=ev.manufacturer,
                     bootstrap_serial=ev.serial, bootstrap_spki=ev.spki_sha256,
                     dns_name=identity.dns_name, spiffe_id=identity.spiffe_id,
@@ -114,6 +131,37 @@ class DeviceService:
                     created_at=node.created_at if node else now, updated_at=now,
                     account_id=node.account_id if node else None,
                     pending_account_id=pending), approved
+
+    async def eab_for_bootstrap(self, leaf: x509.Certificate) -> tuple[EabKey, NodeIdentity]:
+        """The lego path: a bootstrap certificate shown over mTLS earns EAB credentials whose
+        account is pre-authorized for exactly this device's identifiers. mTLS proved the key;
+        the chain is checked again here, with CRLs, the deny list and the node rules."""
+        now = self.d.now()
+        verified = self.trust.verify([leaf], now)
+        spki = leaf.public_key().public_bytes(serialization.Encoding.DER,
+                                              serialization.PublicFormat.SubjectPublicKeyInfo)
+        ev = BootstrapEvidence(
+            device_id=device_id_of(leaf, verified.manufacturer.device_id_source),
+            manufacturer=verified.manufacturer.name, format="mtls",
+            serial=format(leaf.serial_number, "x"), spki_sha256=hashlib.sha256(spki).hexdigest(),
+            not_after=leaf.not_valid_after_utc)
+        identity = node_identity(ev.device_id, self.d.cfg.identity)
+        node, _ = self._admit(ev, identity, None)
+        key = EabKey(kid="dev-" + secrets.token_urlsafe(12), hmac_key=secrets.token_bytes(32),
+                     created_at=now, note=f"bootstrap mTLS: device {ev.device_id}",
+                     device_id=ev.device_id, bootstrap_spki=ev.spki_sha256,
+                     bootstrap_serial=ev.serial)
+        await self.d.store.write(self.d.store.insert_eab_key, key, node)
+        log.info("device %s (%s) earned EAB key %s over bootstrap mTLS", ev.device_id,
+                 ev.manufacturer, key.kid)
+        return key, identity
+
+    def preauthorized_device(self, account: Account) -> EabKey | None:
+        """The device an account is bound to through a bootstrap-earned EAB key."""
+        if not self.enabled or account.eab_kid is None:
+            return None
+        key = self.d.store.get_eab_key(account.eab_kid)
+        return key if key is not None and key.device_id and key.bootstrap_spki else None
 
     def plan(self, order: Order) -> DevicePlan | None:
         """The device an order is for, when its authorizations were won by attestation."""
@@ -127,6 +175,10 @@ class DeviceService:
         node = self.d.store.get_node(ev.device_id)
         if node is None or node.status == NodeStatus.DECOMMISSIONED:
             raise AcmeProblem("unauthorized", f"device {ev.device_id!r} was decommissioned",
+                              status=403)
+        denied = self.d.store.denied_bootstrap(ev.device_id, ev.bootstrap_serial)
+        if denied is not None:  # denied between attestation and finalize
+            raise AcmeProblem("unauthorized", f"{denied!r} is on the bootstrap deny list",
                               status=403)
         return DevicePlan(node=node, identity=node_identity(ev.device_id, self.d.cfg.identity),
                           bootstrap_spki=ev.bootstrap_spki)

@@ -14,7 +14,9 @@ from typing import Any
 
 from server.errors import AcmeProblem, ValidationFailure, malformed, unauthorized
 from server.jws import b64e
-from server.models import Account, Authorization, Challenge, Identifier, Order, Status
+from server.identity import node_identity
+from server.models import (Account, Authorization, AuthzEvidence, Challenge, EabKey, Identifier,
+                           Order, Status)
 from server.policy import check_identifiers
 from server.ra.ari import parse_cert_id
 from server.ra.deps import Deps, new_id
@@ -96,12 +98,18 @@ class OrderService:
 
         authz_ids: list[str] = []
         new_authzs: list[Authorization] = []
+        evidence: list[AuthzEvidence] = []
+        bound = self.devices.preauthorized_device(account) if self.devices else None
         reuse_until = now + timedelta(minutes=5)
         authz_expires = now + cfg.acme.authz_ttl
         order_expires = now + cfg.acme.order_ttl
         for ident in idents:
             found = None
-            if cfg.acme.authz_reuse > timedelta(0):
+            # A device proves itself on every order: a renewal re-attests, so a bootstrap
+            # certificate revoked or denied since the last one stops it at once.
+            device = self.devices is not None and self.devices.is_device_identifier(
+                ident.type, ident.value)
+            if cfg.acme.authz_reuse > timedelta(0) and not device:
                 found = self.d.store.find_reusable_authz(account.id, ident, valid_after=reuse_until)
                 # acme.authz_reuse bounds how long after its validation an authorization
                 # may stand in for a new one (authz_ttl alone would allow a full day).
@@ -114,13 +122,28 @@ class OrderService:
                 order_expires = min(order_expires, found.expires)
                 continue
             authz = self._new_authz(account.id, ident, authz_expires)
+            if bound is not None and self._is_bound_identifier(bound, ident):
+                # Earned over bootstrap mTLS (server.api.bootstrap): already proven.
+                authz.status = Status.VALID
+                for ch in authz.challenges:
+                    ch.status, ch.validated = Status.VALID, now
+                assert bound.device_id and bound.bootstrap_spki and bound.bootstrap_serial
+                evidence.append(AuthzEvidence(authz.id, bound.device_id, bound.bootstrap_spki,
+                                              bound.bootstrap_serial))
             new_authzs.append(authz)
             authz_ids.append(authz.id)
         order = Order(id=new_id(), account_id=account.id, status=Status.PENDING, identifiers=idents,
                       authz_ids=authz_ids, expires=min(order_expires, authz_expires), profile=profile,
                       not_before=not_before, not_after=not_after, replaces=replaces, created_at=now)
-        await self.d.store.write(self.d.store.insert_order, order, new_authzs)
+        await self.d.store.write(self.d.store.insert_order, order, new_authzs, evidence)
         return await self.refresh(order)
+
+    def _is_bound_identifier(self, key: EabKey, ident: Identifier) -> bool:
+        assert self.devices is not None and key.device_id is not None
+        if ident.type == "permanent-identifier":
+            return ident.value == key.device_id
+        return ident.type == "dns" and ident.value == node_identity(
+            key.device_id, self.d.cfg.identity).dns_name
 
     def _new_authz(self, account_id: str, ident: Identifier, expires: datetime) -> Authorization:
         authz_id = new_id()

@@ -201,16 +201,22 @@ class Store:
                      certificate_serial=row["certificate_serial"], replaces=row["replaces"],
                      csr_der=row["csr_der"], created_at=_dt(row["created_at"]))
 
-    def insert_order(self, order: Order, new_authzs: list[Authorization]) -> None:
+    def insert_order(self, order: Order, new_authzs: list[Authorization],
+                     evidence: Iterable[AuthzEvidence] = ()) -> None:
         with self._tx() as c:
             for a in new_authzs:
                 c.execute("INSERT INTO authzs (id, account_id, identifier_type, identifier_value, "
                           "status, expires, wildcard, created_at) VALUES (?,?,?,?,?,?,?,?)",
                           (a.id, a.account_id, a.identifier.type, a.identifier.value, a.status,
                            _ts(a.expires), int(a.wildcard), _ts(order.created_at)))
-                c.executemany("INSERT INTO challenges (id, authz_id, type, token, status) "
-                              "VALUES (?,?,?,?,?)",
-                              [(ch.id, a.id, ch.type, ch.token, ch.status) for ch in a.challenges])
+                c.executemany("INSERT INTO challenges (id, authz_id, type, token, status, validated) "
+                              "VALUES (?,?,?,?,?,?)",
+                              [(ch.id, a.id, ch.type, ch.token, ch.status, _ts(ch.validated))
+                               for ch in a.challenges])
+            c.executemany("INSERT INTO authz_evidence (authz_id, device_id, bootstrap_spki, "
+                          "bootstrap_serial) VALUES (?,?,?,?)",
+                          [(e.authz_id, e.device_id, e.bootstrap_spki, e.bootstrap_serial)
+                           for e in evidence])
             c.execute("INSERT INTO orders (id, account_id, status, identifiers, authz_ids, expires, "
                       "profile, not_before, not_after, replaces, created_at) "
                       "VALUES (?,?,?,?,?,?,?,?,?,?,?)",
@@ -417,18 +423,24 @@ class Store:
         return row[0] if row else None
 
     # -- external account binding ------------------------------------------------------
-    def insert_eab_key(self, key: EabKey) -> None:
+    def insert_eab_key(self, key: EabKey, node: Node | None = None) -> None:
+        """A new EAB key; with `node`, the device it was earned by is recorded too."""
         with self._tx() as c:
-            c.execute("INSERT INTO eab_keys (kid, hmac_key, created_at, account_id, revoked, note) "
-                      "VALUES (?,?,?,?,?,?)", (key.kid, key.hmac_key, _ts(key.created_at), None, 0,
-                                                key.note))
+            if node is not None:
+                self._upsert_node(c, node)
+            c.execute("INSERT INTO eab_keys (kid, hmac_key, created_at, account_id, revoked, note, "
+                      "device_id, bootstrap_spki, bootstrap_serial) VALUES (?,?,?,?,?,?,?,?,?)",
+                      (key.kid, key.hmac_key, _ts(key.created_at), None, 0, key.note,
+                       key.device_id, key.bootstrap_spki, key.bootstrap_serial))
 
     def get_eab_key(self, kid: str) -> EabKey | None:
         r = self._one("SELECT * FROM eab_keys WHERE kid = ?", [kid])
         if not r:
             return None
         return EabKey(kid=r["kid"], hmac_key=r["hmac_key"], created_at=_dt(r["created_at"]),  # type: ignore[arg-type]
-                      account_id=r["account_id"], revoked=bool(r["revoked"]), note=r["note"] or "")
+                      account_id=r["account_id"], revoked=bool(r["revoked"]), note=r["note"] or "",
+                      device_id=r["device_id"], bootstrap_spki=r["bootstrap_spki"],
+                      bootstrap_serial=r["bootstrap_serial"])
 
     def list_eab_keys(self) -> list[EabKey]:
         kids = [r[0] for r in self.conn.execute("SELECT kid FROM eab_keys ORDER BY created_at")]
@@ -497,19 +509,7 @@ class Store:
         """The node (new or updated) and the evidence, with the challenge result: valid now,
         or left processing until an operator approves the rejoin."""
         with self._tx() as c:
-            c.execute("INSERT INTO nodes (device_id, node_id, manufacturer, bootstrap_serial, "
-                      "bootstrap_spki, dns_name, spiffe_id, status, account_id, pending_account_id, "
-                      "created_at, updated_at) VALUES (?,?,?,?,?,?,?,?,?,?,?,?) "
-                      "ON CONFLICT(device_id) DO UPDATE SET manufacturer = excluded.manufacturer, "
-                      "bootstrap_serial = excluded.bootstrap_serial, "
-                      "bootstrap_spki = excluded.bootstrap_spki, dns_name = excluded.dns_name, "
-                      "spiffe_id = excluded.spiffe_id, "
-                      "pending_account_id = excluded.pending_account_id, "
-                      "updated_at = excluded.updated_at",
-                      (node.device_id, node.node_id, node.manufacturer, node.bootstrap_serial,
-                       node.bootstrap_spki, node.dns_name, node.spiffe_id, node.status,
-                       node.account_id, node.pending_account_id, _ts(node.created_at),
-                       _ts(node.updated_at)))
+            self._upsert_node(c, node)
             c.execute("INSERT OR REPLACE INTO authz_evidence (authz_id, device_id, bootstrap_spki, "
                       "bootstrap_serial) VALUES (?,?,?,?)",
                       (evidence.authz_id, evidence.device_id, evidence.bootstrap_spki,
@@ -519,6 +519,22 @@ class Store:
                           (Status.VALID, _ts(when), challenge_id, Status.PROCESSING))
                 c.execute("UPDATE authzs SET status = ? WHERE id = ? AND status = ?",
                           (Status.VALID, evidence.authz_id, Status.PENDING))
+
+    @staticmethod
+    def _upsert_node(c: sqlite3.Connection, node: Node) -> None:
+        c.execute("INSERT INTO nodes (device_id, node_id, manufacturer, bootstrap_serial, "
+                  "bootstrap_spki, dns_name, spiffe_id, status, account_id, pending_account_id, "
+                  "created_at, updated_at) VALUES (?,?,?,?,?,?,?,?,?,?,?,?) "
+                  "ON CONFLICT(device_id) DO UPDATE SET manufacturer = excluded.manufacturer, "
+                  "bootstrap_serial = excluded.bootstrap_serial, "
+                  "bootstrap_spki = excluded.bootstrap_spki, dns_name = excluded.dns_name, "
+                  "spiffe_id = excluded.spiffe_id, "
+                  "pending_account_id = excluded.pending_account_id, "
+                  "updated_at = excluded.updated_at",
+                  (node.device_id, node.node_id, node.manufacturer, node.bootstrap_serial,
+                   node.bootstrap_spki, node.dns_name, node.spiffe_id, node.status,
+                   node.account_id, node.pending_account_id, _ts(node.created_at),
+                   _ts(node.updated_at)))
 
     def evidence_for(self, authz_ids: list[str]) -> list[AuthzEvidence]:
         if not authz_ids:

@@ -84,6 +84,10 @@ def _v3(db: sqlite_utils.Database) -> None:
     if "device_id" not in cols:
         db.execute("ALTER TABLE certificates ADD COLUMN device_id TEXT")
     db.execute("CREATE INDEX IF NOT EXISTS certificates_device ON certificates (device_id)")
+    eab_cols = {r[1] for r in db.execute("PRAGMA table_info(eab_keys)").fetchall()}
+    for col in ("device_id", "bootstrap_spki", "bootstrap_serial"):
+        if col not in eab_cols:
+            db.execute(f"ALTER TABLE eab_keys ADD COLUMN {col} TEXT")
 
 
 MIGRATIONS: list[tuple[int, Callable[[sqlite_utils.Database], None]]] = [

@@ -423,6 +423,8 @@ hosts = {{ "*" = "127.0.0.1" }}
 
 [attestation]
 demo_manufacturer = true
+roots_dir = "manufacturer-roots"
+bootstrap_listen = "127.0.0.1:{bootstrap_port}"
 """
 
 
@@ -430,6 +432,7 @@ demo_manufacturer = true
 class NodetrustServer(AcmeServer):
     command: list[str] = field(default_factory=list)
     data_dir: Path = Path()
+    bootstrap_url: str = ""
     _proc: subprocess.Popen[bytes] | None = field(default=None, repr=False)
 
     def launch(self) -> None:
@@ -467,7 +470,7 @@ def nodetrust_command(data_dir: Path, listen: str, config: Path) -> list[str]:
 
 
 @contextlib.contextmanager
-def start_nodetrust(workdir: Path) -> Iterator[NodetrustServer]:
+def start_nodetrust(workdir: Path, extra_config: str = "") -> Iterator[NodetrustServer]:
     """nodetrust-server on a fresh data dir and free ports; yields once the directory answers.
 
     Assumes (the lead aligns): CLI `--data-dir D --listen 127.0.0.1:P --config C`; directory at
@@ -477,9 +480,11 @@ def start_nodetrust(workdir: Path) -> Iterator[NodetrustServer]:
     """
     workdir.mkdir(parents=True, exist_ok=True)
     data_dir = workdir / "data"
-    listen, http_port, tls_port = free_ports(3)
+    listen, http_port, tls_port, bootstrap_port = free_ports(4)
     config_path = workdir / "nodetrust-e2e.toml"
-    config_path.write_text(NODETRUST_CONFIG_TEMPLATE.format(http_port=http_port, tls_port=tls_port))
+    (workdir / "manufacturer-roots").mkdir(exist_ok=True)
+    config_path.write_text(NODETRUST_CONFIG_TEMPLATE.format(
+        http_port=http_port, tls_port=tls_port, bootstrap_port=bootstrap_port) + extra_config)
     root = data_dir / "ca" / "root.pem"
     server = NodetrustServer(
         name="nodetrust",
@@ -492,6 +497,7 @@ def start_nodetrust(workdir: Path) -> Iterator[NodetrustServer]:
         can_restart=True,
         command=nodetrust_command(data_dir, f"127.0.0.1:{listen}", config_path),
         data_dir=data_dir,
+        bootstrap_url=f"https://127.0.0.1:{bootstrap_port}/bootstrap/eab",
     )
     try:
         server.launch()

@@ -259,6 +259,7 @@ class Lego:
         self.server = server
         self.workdir = workdir
         self.email = email
+        self.eab: tuple[str, str] | None = None  # (kid, hmac key) for --eab
         workdir.mkdir(parents=True, exist_ok=True)
 
     def _global(self, domain: str, challenge: str) -> list[str]:
@@ -271,6 +272,8 @@ class Lego:
             "--path", str(self.workdir),
             "--domains", domain,
         ]
+        if self.eab is not None:
+            args += ["--eab", "--kid", self.eab[0], "--hmac", self.eab[1]]
         if challenge == "http":
             args += ["--http", "--http.port", f"127.0.0.1:{self.server.http_port}"]
         elif challenge == "tls":

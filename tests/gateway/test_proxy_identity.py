@@ -148,3 +148,18 @@ async def test_bad_requests_get_400(gateway: Harness, node: ClientCert) -> None:
     assert big.startswith(b"HTTP/1.1 431")
     connect = await asyncio.to_thread(run, b"CONNECT a:443 HTTP/1.1\r\nHost: a:443\r\n\r\n")
     assert connect.startswith(b"HTTP/1.1 405")
+
+
+async def test_configured_identity_headers_are_stripped_too(
+        tmp_path, pki, server_tls, upstream: Upstream, node: ClientCert) -> None:
+    from conftest import start_gateway
+    h = await start_gateway(tmp_path, pki, server_tls, upstream.port,
+                            strip_headers=("x-internal-role",))
+    try:
+        c = Client(h, node)
+        r = await c.get("/echo", headers={"X-Internal-Role": "admin", "X-Other": "1"})
+        seen = r.upstream_headers()
+        assert "x-internal-role" not in seen and seen["x-other"] == ["1"]
+        c.close()
+    finally:
+        await h.gw.stop(drain_seconds=1)
