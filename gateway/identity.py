@@ -9,8 +9,8 @@ bytes, so forwarding costs a concatenation) and a per-identity memo of route dec
 from __future__ import annotations
 
 import hashlib
-from json.encoder import encode_basestring
 from dataclasses import dataclass, field
+from json.encoder import encode_basestring
 from urllib.parse import urlsplit
 
 from cryptography import x509

@@ -17,7 +17,7 @@ import httptools
 from gateway.http1 import HOP_BY_HOP, RESPONSE_DROP_PREFIXES, response_head, scan_headers
 
 if TYPE_CHECKING:
-    from gateway.proxy import Exchange
+    from gateway.exchange import Exchange
     from gateway.server import Gateway
 
 __all__ = ["UpstreamConn", "UpstreamPool"]

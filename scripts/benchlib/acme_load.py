@@ -5,6 +5,11 @@ the shared responder) -> poll authz -> finalize with a fresh P-256 CSR -> poll o
 the certificate. Requests are signed by the lean ES256 signer in jws.py; nonces come from each
 response's Replay-Nonce; a badNonce is retried once. Polls back off from 5 ms and honour
 Retry-After, but never sleep longer than PollPolicy.cap, so a fast server is not hidden.
+
+device-attest mode (nodetrust only): each enrollment takes the next simulated device
+(devices.py), orders its permanent-identifier, answers the one device-attest-01 challenge with
+an attObj signed by the device's bootstrap key, finalizes a CSR with no names and a fresh key,
+and downloads the certificate.
 """
 
 from __future__ import annotations
@@ -21,6 +26,7 @@ from typing import Any
 import aiohttp
 from multidict import CIMultiDictProxy
 
+from .devices import BenchDevice
 from .jws import AccountKey, make_csr
 from .procs import CpuProbe, CpuSample
 from .report import RunResult
@@ -68,6 +74,8 @@ class LoadSpec:
     progress_interval: float = 3.0
     domain: str = "bench.test"
     pinned: str = "no"
+    challenge: str = "http-01"  # or "device-attest-01"
+    devices: list[BenchDevice] | None = None  # device-attest: one per enrollment, in order
 
 
 @dataclass
@@ -211,6 +219,44 @@ async def enroll(client: AcmeClient, responder: Http01Responder, name: str, poll
         raise EnrollError("certificate:not-pem", cert.body[:200].decode(errors="replace"))
 
 
+async def enroll_device(client: AcmeClient, device: BenchDevice, poll: PollPolicy,
+                        deadline: float) -> None:
+    """One device-attest-01 enrollment of `device`; raises EnrollError on any failure."""
+    ident = {"type": "permanent-identifier", "value": device.device_id}
+    reply = await client.post(client.directory["newOrder"], {"identifiers": [ident]}, "newOrder")
+    order, order_url = reply.json("newOrder"), reply.headers.get("Location")
+    if not order_url:
+        raise EnrollError("newOrder:no-location", json.dumps(order)[:400])
+    for authz_url in order.get("authorizations", []):
+        authz = (await client.post(authz_url, None, "authz")).json("authz")
+        if authz.get("status") == "valid":
+            continue
+        chall = next((c for c in authz.get("challenges", [])
+                      if c.get("type") == "device-attest-01"), None)
+        if chall is None:
+            raise EnrollError("authz:no-device-attest-01", json.dumps(authz)[:400])
+        att_obj = device.att_obj(client.key.key_authorization(chall["token"]))
+        answered = (await client.post(chall["url"], {"attObj": att_obj}, "challenge")
+                    ).json("challenge")
+        status = answered.get("status")
+        if status == "invalid":
+            detail = str((answered.get("error") or {}).get("detail", ""))
+            raise EnrollError(f"challenge:invalid:{detail.split(':')[0] or '?'}",
+                              json.dumps(answered)[:400])
+        if status != "valid":  # the server answers synchronously; tolerate a late one anyway
+            await poll_until(client, authz_url, "poll-authz", "valid", poll, deadline)
+    reply = await client.post(order["finalize"], {"csr": make_csr(None)}, "finalize")
+    order = reply.json("finalize")
+    if order.get("status") != "valid":
+        order = await poll_until(client, order_url, "poll-order", "valid", poll, deadline)
+    cert_url = order.get("certificate")
+    if not cert_url:
+        raise EnrollError("poll-order:no-certificate", json.dumps(order)[:400])
+    cert = await client.post(cert_url, None, "certificate", accept=PEM_CHAIN)
+    if b"-----BEGIN CERTIFICATE-----" not in cert.body:
+        raise EnrollError("certificate:not-pem", cert.body[:200].decode(errors="replace"))
+
+
 class _Run:
     """Shared state of one run: slot claiming, results, progress clock."""
 
@@ -229,6 +275,8 @@ class _Run:
             ok = time.monotonic() < self.t_start + spec.duration
         else:
             ok = self.claimed < (spec.enrollments or 0)
+        if ok and spec.devices is not None and self.claimed >= len(spec.devices):
+            ok = False  # every minted device has enrolled
         self.claimed += ok
         return ok
 
@@ -238,12 +286,18 @@ class _Run:
 
 async def _worker(idx: int, client: AcmeClient, responder: Http01Responder, run: _Run) -> None:
     seq = 0
+    devices = run.spec.devices
     while run.claim():
         name = f"w{idx}-{seq}.{run.spec.domain}"
+        device = devices[run.claimed - 1] if devices is not None else None
         seq += 1
         t0 = time.monotonic()
         try:
-            await enroll(client, responder, name, run.spec.poll, t0 + run.spec.enroll_timeout)
+            if device is not None:
+                await enroll_device(client, device, run.spec.poll, t0 + run.spec.enroll_timeout)
+            else:
+                await enroll(client, responder, name, run.spec.poll,
+                             t0 + run.spec.enroll_timeout)
         except EnrollError as exc:
             run.result.record_error(exc.kind, exc.text)
         except Exception as exc:  # noqa: BLE001 - never let one enrollment crash the run
@@ -261,7 +315,8 @@ async def run_load(spec: LoadSpec, responder: Http01Responder, probe: CpuProbe,
     """Drive one target; always returns a RunResult (errors counted, stalls reported)."""
     mode = "duration" if spec.duration is not None else "count"
     requested = spec.duration if spec.duration is not None else float(spec.enrollments or 0)
-    result = RunResult(spec.label, spec.concurrency, mode, requested, pinned=spec.pinned)
+    result = RunResult(spec.label, spec.concurrency, mode, requested, pinned=spec.pinned,
+                       challenge=spec.challenge)
     counters = Counters()
     ssl_ctx = ssl.create_default_context(cafile=str(spec.ca_path))
     connector = aiohttp.TCPConnector(ssl=ssl_ctx, limit=0)
@@ -351,7 +406,8 @@ def _cpu_figures(result: RunResult, probe: CpuProbe, a: CpuSample, b: CpuSample,
     result.server_core_busy_pct = CpuProbe.core_busy_pct(a, b, probe.server_core)
     result.client_core_busy_pct = CpuProbe.core_busy_pct(a, b, probe.client_core)
     if result.ok:
-        result.http01_fetches_per_enrollment = http01_fetches / result.ok
         result.requests_per_enrollment = result.requests / result.ok
+        if result.challenge == "http-01":
+            result.http01_fetches_per_enrollment = http01_fetches / result.ok
     if result.client_core_busy_pct >= 90 and not result.server_core_busy_pct >= 90:
         result.notes.append("client core saturated: figure is a lower bound for the server")

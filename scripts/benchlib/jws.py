@@ -54,13 +54,13 @@ class AccountKey:
         ).encode()
 
 
-def make_csr(name: str) -> str:
-    """base64url DER CSR for `name` (SAN only) with a fresh P-256 key."""
+def make_csr(name: str | None) -> str:
+    """base64url DER CSR for `name` (SAN only) with a fresh P-256 key; None: no names at all
+    (device-attest-01: the server takes the identity from the attested device)."""
     key = ec.generate_private_key(ec.SECP256R1())
-    csr = (
-        x509.CertificateSigningRequestBuilder()
-        .subject_name(x509.Name([]))
-        .add_extension(x509.SubjectAlternativeName([x509.DNSName(name)]), critical=False)
-        .sign(key, hashes.SHA256())
-    )
+    builder = x509.CertificateSigningRequestBuilder().subject_name(x509.Name([]))
+    if name is not None:
+        builder = builder.add_extension(x509.SubjectAlternativeName([x509.DNSName(name)]),
+                                        critical=False)
+    csr = builder.sign(key, hashes.SHA256())
     return b64u(csr.public_bytes(serialization.Encoding.DER))

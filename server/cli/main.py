@@ -7,7 +7,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from server.cli import demo_cmd, eab, enroll_cmd
+from server.cli import demo_cmd, eab, enroll_cmd, nodes
 from server.cli.output import CliError
 from server.config import DEFAULT_CONFIG, ConfigError, load_config
 from server.store.repo import Store
@@ -22,6 +22,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     eab.add_parser(sub)
     enroll_cmd.add_parser(sub)
     demo_cmd.add_parser(sub)
+    nodes.add_parser(sub)
     return p.parse_args(argv)
 
 
@@ -40,6 +41,8 @@ def main(argv: list[str] | None = None) -> int:
         try:
             if args.cmd == "eab":
                 return eab.run(args, store)
+            if args.cmd in ("nodes", "bootstrap", "revoke"):
+                return nodes.run(args, store)
         finally:
             store.close()
     except (CliError, ConfigError) as exc:

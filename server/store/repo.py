@@ -573,6 +573,20 @@ class Store:
             "SELECT serial FROM certificates WHERE device_id = ? AND status = ?",
             [device_id, Status.VALID])]
 
+    def set_node_owner(self, device_id: str, owner: str | None, when: datetime) -> bool:
+        with self._tx() as c:
+            return c.execute("UPDATE nodes SET owner = ?, updated_at = ? WHERE device_id = ?",
+                             (owner, _ts(when), device_id)).rowcount == 1
+
+    def set_node_labels(self, device_id: str, labels: dict[str, str], when: datetime) -> bool:
+        with self._tx() as c:
+            return c.execute("UPDATE nodes SET labels = ?, updated_at = ? WHERE device_id = ?",
+                             (json.dumps(labels, sort_keys=True), _ts(when), device_id)).rowcount == 1
+
+    def certificates_of_device(self, device_id: str) -> list[Certificate]:
+        return [self._cert(r) for r in self.conn.execute(
+            "SELECT * FROM certificates WHERE device_id = ? ORDER BY not_before DESC", [device_id])]
+
     def deny_bootstrap(self, value: str, kind: str, note: str, when: datetime) -> bool:
         with self._tx() as c:
             return c.execute("INSERT OR IGNORE INTO bootstrap_denylist (value, kind, note, created_at) "

@@ -6,7 +6,13 @@ from dataclasses import replace
 import pytest
 
 from gateway.authz import EXPIRED, NO_ROUTE, REVOKED, STALE, Authorizer, PolicyError, compile_policy
-from gateway.http1 import DROP_PREFIXES, REQUEST_DROP, normalize_host, normalize_target, scan_headers
+from gateway.http1 import (
+    DROP_PREFIXES,
+    REQUEST_DROP,
+    normalize_host,
+    normalize_target,
+    scan_headers,
+)
 from gateway.identity import Identity, xfcc_value
 
 POLICY = {"routes": [
