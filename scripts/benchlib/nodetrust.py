@@ -7,6 +7,7 @@ config keys settle; the rest of bench-enroll only needs the returned ServerHandl
 
 from __future__ import annotations
 
+import json
 import shutil
 from pathlib import Path
 
@@ -29,6 +30,11 @@ new_account_per_ip = 0
 new_order_per_account = 0
 requests_per_ip = 0
 """
+# device-attest mode only: the folder holding the bench manufacturer's root (one PEM per maker).
+ATTESTATION_CONFIG = """
+[attestation]
+roots_dir = {roots_dir}
+"""
 # ---------------------------------------------------------------------------------------------
 
 
@@ -44,20 +50,28 @@ def _server_binary() -> str:
 
 def start_nodetrust(
     workdir: Path, http01_port: int, server_cpu: int | None, helper_cpu: int | None = None,
-    timeout: float = 30.0,
+    timeout: float = 30.0, roots_pem: bytes | None = None, roots_name: str = "bench-devices",
 ) -> ServerHandle:
     """Start `nodetrust-server --data-dir D --listen 127.0.0.1:P --config C` with a fresh data dir.
 
     Writes the config (NODETRUST_CONFIG), pins the server to server_cpu when given, waits until
     https://127.0.0.1:P/acme/directory answers with a certificate chaining to D/ca/root.pem,
     and returns the directory URL + CA path. helper_cpu is unused (no DNS helper needed).
+    roots_pem (device-attest mode): written to <workdir>/roots/<roots_name>.pem and named by
+    `[attestation] roots_dir`; without it the config is the http-01 one, unchanged.
     """
     del helper_cpu
     workdir.mkdir(parents=True, exist_ok=True)
     data_dir = workdir / "data"
     data_dir.mkdir(exist_ok=True)
     config_path = workdir / "nodetrust.toml"
-    config_path.write_text(NODETRUST_CONFIG.format(http_port=http01_port))
+    config = NODETRUST_CONFIG.format(http_port=http01_port)
+    if roots_pem is not None:
+        roots_dir = workdir / "roots"
+        roots_dir.mkdir(exist_ok=True)
+        (roots_dir / f"{roots_name}.pem").write_bytes(roots_pem)
+        config += ATTESTATION_CONFIG.format(roots_dir=json.dumps(str(roots_dir.resolve())))
+    config_path.write_text(config)
     port = free_port()
     log_path = workdir / "nodetrust-server.log"
     proc = spawn(

@@ -43,6 +43,7 @@ class RunResult:
     requests_per_enrollment: float = math.nan
     http01_fetches_per_enrollment: float = math.nan
     pinned: str = "no"
+    challenge: str = "http-01"  # or "device-attest-01" (rate = devices enrolled per second)
     notes: list[str] = field(default_factory=list)
 
     def set_latencies(self, seconds: list[float]) -> None:
@@ -84,8 +85,10 @@ def ratios(results: list[RunResult]) -> dict[str, float] | None:
 
 
 def format_table(results: list[RunResult]) -> str:
+    devices = bool(results) and results[0].challenge == "device-attest-01"
+    rate_label = "devices/s" if devices else "enroll/s"
     header = (
-        f"{'target':<10} {'ok':>7} {'errors':>6} {'enroll/s':>9} {'p50 ms':>8} {'p99 ms':>8} "
+        f"{'target':<10} {'ok':>7} {'errors':>6} {rate_label:>9} {'p50 ms':>8} {'p99 ms':>8} "
         f"{'srv cpu%':>8} {'cli cpu%':>8} {'cores s/c':>9}  notes"
     )
     lines = [header, "-" * len(header)]
@@ -114,6 +117,6 @@ def format_table(results: list[RunResult]) -> str:
     mode = results[0].mode if results else ""
     if results:
         what = f"{results[0].requested:g} s" if mode == "duration" else f"{results[0].requested:g}"
-        lines.append(f"({mode} {what}, concurrency {results[0].concurrency}, "
-                     f"pinned: {results[0].pinned})")
+        lines.append(f"({results[0].challenge}, {mode} {what}, concurrency "
+                     f"{results[0].concurrency}, pinned: {results[0].pinned})")
     return "\n".join(lines)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import shutil
 import sys
 import tempfile
@@ -12,6 +13,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 from .acme_load import LoadSpec, PollPolicy, run_load
+from .devices import DeviceFleet
 from .nodetrust import start_nodetrust
 from .pebble import start_pebble
 from .procs import CpuProbe, ServerHandle, ServerStartError, can_pin, cpu_split, pin_self
@@ -35,13 +37,18 @@ class BenchOptions:
     run_timeout: float = 600.0
     progress_interval: float = 3.0
     keep_tmp: bool = False
+    challenge: str = "http-01"  # or "device-attest-01" (nodetrust only; needs a DeviceFleet)
 
 
 def log(message: str) -> None:
     print(message, file=sys.stderr, flush=True)
 
 
-async def run_bench(opts: BenchOptions) -> list[RunResult]:
+async def run_bench(opts: BenchOptions, fleet: DeviceFleet | None = None) -> list[RunResult]:
+    """One run per target. device-attest-01: `fleet` (minted beforehand, not timed) supplies
+    the manufacturer root for the server's roots folder and one device per enrollment."""
+    if opts.challenge == "device-attest-01" and (fleet is None or opts.targets != ["nodetrust"]):
+        raise ValueError("device-attest-01 runs against nodetrust only, with a minted fleet")
     server_cpu: int | None = None
     client_cpu: int | None = None
     pinned = "no"
@@ -58,29 +65,35 @@ async def run_bench(opts: BenchOptions) -> list[RunResult]:
     try:
         for target in opts.targets:
             results.append(await _run_target(target, opts, responder, port, server_cpu,
-                                             client_cpu, pinned))
+                                             client_cpu, pinned, fleet))
     finally:
         await responder.stop()
     return results
 
 
 async def _run_target(target: str, opts: BenchOptions, responder: Http01Responder, port: int,
-                      server_cpu: int | None, client_cpu: int | None, pinned: str) -> RunResult:
+                      server_cpu: int | None, client_cpu: int | None, pinned: str,
+                      fleet: DeviceFleet | None = None) -> RunResult:
+    starter = STARTERS[target]
+    if fleet is not None:
+        starter = functools.partial(start_nodetrust, roots_pem=fleet.root_pem)
     spec = LoadSpec(
         label=target, directory_url="", ca_path=Path(), concurrency=opts.concurrency,
         enrollments=opts.enrollments, duration=opts.duration, poll=PollPolicy(cap=opts.poll_cap),
         request_timeout=opts.request_timeout, stall_timeout=opts.stall_timeout,
         run_timeout=opts.run_timeout, progress_interval=opts.progress_interval, pinned=pinned,
+        challenge=opts.challenge, devices=fleet.devices if fleet is not None else None,
     )
     tmp = Path(tempfile.mkdtemp(prefix=f"bench-enroll-{target}-"))
     log(f"[{target}] starting server (workdir {tmp})")
     try:
-        handle = await asyncio.to_thread(STARTERS[target], tmp, port, server_cpu, client_cpu)
+        handle = await asyncio.to_thread(starter, tmp, port, server_cpu, client_cpu)
     except (ServerStartError, OSError) as exc:
         log(f"[{target}] server did not start: {exc}")
         mode = "duration" if opts.duration is not None else "count"
         requested = opts.duration if opts.duration is not None else float(opts.enrollments or 0)
-        result = RunResult(target, opts.concurrency, mode, requested, pinned=pinned)
+        result = RunResult(target, opts.concurrency, mode, requested, pinned=pinned,
+                           challenge=opts.challenge)
         result.record_error("server-start", str(exc).splitlines()[0] if str(exc) else repr(exc))
         result.notes.append("server did not start")
         _cleanup(tmp, opts.keep_tmp, failed=True)
@@ -92,6 +105,8 @@ async def _run_target(target: str, opts: BenchOptions, responder: Http01Responde
         probe = CpuProbe(handle.server_pid, [p.pid for p in handle.procs[1:]], server_cpu,
                          client_cpu)
         result = await run_load(spec, responder, probe, log)
+        if fleet is not None:
+            result.notes.append("Pebble has no device-attest-01: nodetrust only")
     finally:
         await asyncio.to_thread(handle.stop)
     if result.stalled:
@@ -103,7 +118,8 @@ async def _run_target(target: str, opts: BenchOptions, responder: Http01Responde
 
 def _describe(opts: BenchOptions) -> str:
     what = f"for {opts.duration:g}s" if opts.duration is not None else f"{opts.enrollments} times"
-    return f"enrolling {what} at concurrency {opts.concurrency}"
+    how = " (device-attest-01, one device each)" if opts.challenge == "device-attest-01" else ""
+    return f"enrolling {what}{how} at concurrency {opts.concurrency}"
 
 
 def _cleanup(tmp: Path, keep: bool, failed: bool) -> None:
