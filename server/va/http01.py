@@ -7,11 +7,10 @@ from __future__ import annotations
 import asyncio
 import hmac
 import re
-import socket
+import ssl
 from dataclasses import dataclass
 
-import aiohttp
-from aiohttp.abc import AbstractResolver, ResolveResult
+import httptools
 from yarl import URL
 
 from server.errors import ValidationFailure
@@ -26,29 +25,6 @@ _TOKEN_RE = re.compile(r"[A-Za-z0-9_-]+")
 _SHOWN = 64  # how much of a wrong body the detail may quote
 
 
-class _SettingsResolver(AbstractResolver):
-    """Makes aiohttp connect through `resolve()` (hosts overrides, dns_server, system)."""
-
-    def __init__(self, settings: ValidationSettings) -> None:
-        self._settings = settings
-
-    async def resolve(
-        self, host: str, port: int = 0, family: socket.AddressFamily = socket.AF_INET
-    ) -> list[ResolveResult]:
-        out: list[ResolveResult] = []
-        for addr in await resolve(host, self._settings):
-            fam = socket.AF_INET6 if ":" in addr else socket.AF_INET
-            if family in (socket.AF_UNSPEC, fam):
-                out.append(ResolveResult(hostname=host, host=addr, port=port, family=fam,
-                                         proto=0, flags=socket.AI_NUMERICHOST))
-        if not out:
-            raise ValidationFailure("dns", f"DNS problem: no usable address for {host}")
-        return out
-
-    async def close(self) -> None:
-        pass
-
-
 @dataclass
 class _Progress:
     """Where a validation got to, so a timeout can say which URL hung."""
@@ -57,38 +33,20 @@ class _Progress:
 
 
 class Http01Validator:
-    """One pooled ClientSession for all http-01 validations (creating one per request costs
-    more than the validation itself on loopback). Created lazily: needs a running loop."""
+    """http-01 over a lean HTTP/1.1 client: one GET per hop on a fresh connection (a kept-
+    alive socket could reach an address the name no longer points to; Boulder dials afresh
+    too), parsed with llhttp (httptools). aiohttp's client machinery cost more CPU than the
+    rest of a validation (py-spy, scripts/bench-enroll)."""
 
     def __init__(self, settings: ValidationSettings, max_connections: int = 256) -> None:
         self.settings = settings
-        self._max_connections = max_connections
-        self._session: aiohttp.ClientSession | None = None
-
-    def _get_session(self) -> aiohttp.ClientSession:
-        if self._session is None or self._session.closed:
-            connector = aiohttp.TCPConnector(
-                resolver=_SettingsResolver(self.settings),
-                # A cached answer or a kept-alive socket could reach an address the name no
-                # longer points to; Boulder also dials afresh for every validation.
-                use_dns_cache=False,
-                force_close=True,
-                limit=self._max_connections,
-                # https is only reached through redirects; RFC 8555 §8.3 asks for the body,
-                # not a trusted certificate (Let's Encrypt ignores it too).
-                ssl=False,
-            )
-            self._session = aiohttp.ClientSession(
-                connector=connector,
-                # Cookies must never carry over from one validation to another.
-                cookie_jar=aiohttp.DummyCookieJar(),
-                # Compare the bytes as sent; never inflate a compressed body.
-                auto_decompress=False,
-                headers={"User-Agent": "nodetrust-va", "Accept-Encoding": "identity"},
-                timeout=aiohttp.ClientTimeout(total=None),  # validate() sets the deadline
-                trust_env=False,  # no HTTP(S)_PROXY: we must reach the node itself
-            )
-        return self._session
+        # Bounds concurrent outbound connections, as the old connector's limit did.
+        self._slots = asyncio.Semaphore(max_connections)
+        # https is only reached through redirects; RFC 8555 §8.3 asks for the body, not a
+        # trusted certificate (Let's Encrypt ignores it too).
+        self._tls = ssl.create_default_context()
+        self._tls.check_hostname = False
+        self._tls.verify_mode = ssl.CERT_NONE
 
     async def validate(self, identifier: str, token: str, key_authorization: str) -> None:
         """Raise ValidationFailure unless the node serves `key_authorization` for `token`."""
@@ -105,35 +63,34 @@ class Http01Validator:
             raise ValidationFailure(
                 "connection", f"{identifier}: Timeout after {self.settings.timeout:g}s "
                               f"fetching {progress.url}") from None
-        except aiohttp.ClientConnectorSSLError as exc:
+        except ssl.SSLError as exc:
             raise ValidationFailure("tls", f"{identifier}: fetching {progress.url}: "
-                                           f"{exc.os_error}") from None
-        except aiohttp.ClientConnectorError as exc:
+                                           f"{exc}") from None
+        except httptools.HttpParserError as exc:
             raise ValidationFailure("connection", f"{identifier}: Fetching {progress.url}: "
-                                                  f"Connection refused or unreachable "
-                                                  f"({exc.os_error})") from None
-        except (aiohttp.ClientError, OSError) as exc:
+                                                  f"malformed HTTP response ({exc})") from None
+        except OSError as exc:
             raise ValidationFailure("connection", f"{identifier}: Fetching {progress.url}: "
                                                   f"{type(exc).__name__}: {exc}") from None
         _check_body(identifier, body.strip(), key_authorization)
 
     async def _fetch(self, identifier: str, url: URL, progress: _Progress) -> bytes:
-        session = self._get_session()
         # The first request names the identifier itself, without our (maybe non-standard)
-        # port, as Boulder does; later hops let aiohttp derive Host from the redirect URL.
-        headers: dict[str, str] = {"Host": _host_header(identifier)}
+        # port, as Boulder does; later hops name the redirect URL's host and port.
+        host = _host_header(identifier)
         for _ in range(MAX_REDIRECTS + 1):
             progress.url = url
-            async with session.get(url, headers=headers, allow_redirects=False) as resp:
-                location = resp.headers.get("Location")
-                if resp.status in _REDIRECT_STATUSES and location is not None:
-                    url = self._redirect_target(identifier, url, location)
-                    headers = {}
-                    continue
-                if resp.status != 200:
-                    raise ValidationFailure(
-                        "unauthorized", f"{identifier}: Invalid response from {url}: {resp.status}")
-                return await _read_limited(resp)
+            async with self._slots:
+                reply = await self._get(url, host)
+            if reply.status in _REDIRECT_STATUSES and reply.location is not None:
+                url = self._redirect_target(identifier, url, reply.location)
+                host = _host_header(url.host or "") + (
+                    "" if url.is_default_port() else f":{url.port}")
+                continue
+            if reply.status != 200:
+                raise ValidationFailure(
+                    "unauthorized", f"{identifier}: Invalid response from {url}: {reply.status}")
+            return bytes(reply.body[:MAX_BODY])
         raise ValidationFailure("connection", f"{identifier}: Too many redirects (more than "
                                               f"{MAX_REDIRECTS}), last to {url}")
 
@@ -154,10 +111,65 @@ class Http01Validator:
                               f"{allowed[0]} and {allowed[1]} are supported, not {target.port}")
         return target
 
+    async def _get(self, url: URL, host_header: str) -> _Reply:
+        assert url.host is not None and url.port is not None
+        https = url.scheme == "https"
+        last: OSError | None = None
+        for addr in await resolve(url.host, self.settings):
+            try:
+                reader, writer = await asyncio.open_connection(
+                    addr, url.port, ssl=self._tls if https else None,
+                    server_hostname=(None if ip_literal(url.host) else url.host) if https else None)
+                break
+            except OSError as exc:  # try the next address, as a dialer would
+                last = exc
+        else:
+            raise ValidationFailure("connection", f"Fetching {url}: Connection refused or "
+                                                  f"unreachable ({last})")
+        try:
+            writer.write(f"GET {url.raw_path_qs or '/'} HTTP/1.1\r\nHost: {host_header}\r\n"
+                         "User-Agent: nodetrust-va\r\nAccept: */*\r\n"
+                         "Accept-Encoding: identity\r\nConnection: close\r\n\r\n".encode())
+            reply = _Reply()
+            parser = httptools.HttpResponseParser(reply)
+            while not reply.complete and len(reply.body) <= MAX_BODY:
+                data = await reader.read(65536)
+                if not data:  # a body without length ends with the connection
+                    break
+                parser.feed_data(data)
+            if reply.status == 0:
+                raise ValidationFailure("connection", f"Fetching {url}: no HTTP response")
+            reply.status = parser.get_status_code()
+            return reply
+        finally:
+            writer.close()
+
     async def close(self) -> None:
-        if self._session is not None:
-            await self._session.close()
-            self._session = None
+        pass  # nothing pooled: every validation dials afresh
+
+
+class _Reply:
+    """httptools callbacks: status, Location, and the body up to MAX_BODY."""
+
+    def __init__(self) -> None:
+        self.status = 0
+        self.location: str | None = None
+        self.body = bytearray()
+        self.complete = False
+
+    def on_status(self, status: bytes) -> None:
+        self.status = -1  # known after the status line; the code comes from the parser
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        if name.lower() == b"location":
+            self.location = value.decode("latin-1")
+
+    def on_body(self, body: bytes) -> None:
+        if len(self.body) <= MAX_BODY:
+            self.body += body
+
+    def on_message_complete(self) -> None:
+        self.complete = True
 
 
 def _host_header(identifier: str) -> str:
@@ -165,17 +177,6 @@ def _host_header(identifier: str) -> str:
     if literal is not None and ":" in literal:
         return f"[{literal}]"
     return literal or identifier
-
-
-async def _read_limited(resp: aiohttp.ClientResponse) -> bytes:
-    # read(n) returns at most one chunk: loop until MAX_BODY bytes or end of body.
-    buf = bytearray()
-    while len(buf) < MAX_BODY:
-        chunk = await resp.content.read(MAX_BODY - len(buf))
-        if not chunk:
-            break
-        buf += chunk
-    return bytes(buf)
 
 
 def _check_body(identifier: str, body: bytes, key_authorization: str) -> None:
