@@ -22,6 +22,7 @@ class Exchange:
         "close_after",
         "connecting",
         "deadline",
+        "expect_continue",
         "head",
         "host",
         "http10",
@@ -54,6 +55,7 @@ class Exchange:
         self.websocket = self.chunked_request = self.close_after = False
         self.request_done = self.response_started = self.response_finished = False
         self.abandoned = False
+        self.expect_continue = False  # the client may hold its body until it hears 100
         self.retryable = False
         self.pending: list[bytes] | None = None
         self.pending_bytes = 0

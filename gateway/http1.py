@@ -22,64 +22,88 @@ DROP_PREFIXES = (b"proxy-", b"x-nodetrust-")
 RESPONSE_DROP_PREFIXES = (b"proxy-",)
 
 
+class HeadersTooLarge(Exception):
+    pass
+
+
+_HOST, _CONNECTION, _TE, _LENGTH, _UPGRADE, _EXPECT = 1, 2, 3, 4, 5, 6
+_FRAMING = {b"host": _HOST, b"connection": _CONNECTION, b"transfer-encoding": _TE,
+            b"content-length": _LENGTH, b"upgrade": _UPGRADE, b"expect": _EXPECT}
+_CONNECTION_KEYWORDS = frozenset((b"close", b"keep-alive", b"upgrade"))
+
+
 class Head:
-    """What scan_headers learned from one message's fields."""
+    """Sorts one message's fields, as they arrive, into kept lines and framing facts.
 
-    __slots__ = ("chunked", "connection", "content_length", "host", "lines", "upgrade")
+    `add` is installed as the parser's on_header callback itself, so the per-field work is one
+    call, one dict lookup and one concatenation. `reset()` between messages.
+    """
 
-    def __init__(self) -> None:
+    __slots__ = ("chunked", "connection", "content_length", "drop", "duplicate_host",
+                 "expect_continue", "host", "limit", "lines", "prefixes", "size", "upgrade")
+
+    def __init__(self, drop: frozenset[bytes], prefixes: tuple[bytes, ...],
+                 limit: int = 1 << 20) -> None:
+        self.drop, self.prefixes, self.limit = drop, prefixes, limit  # drop ⊇ HOP_BY_HOP
+        self.reset()
+
+    def reset(self) -> None:
         self.lines: list[bytes] = []         # kept fields, "name: value\r\n"
         self.host: bytes | None = None
         self.upgrade: bytes | None = None    # lower-cased Upgrade value
-        self.connection: set[bytes] = set()  # lower-cased Connection tokens
-        self.chunked = False
-        self.content_length = False
+        self.connection: set[bytes] | None = None  # lower-cased Connection tokens
+        self.chunked = self.content_length = self.duplicate_host = False
+        self.expect_continue = False
+        self.size = 0
 
+    def add(self, name: bytes, value: bytes) -> None:
+        self.size += len(name) + len(value) + 4
+        if self.size > self.limit:
+            raise HeadersTooLarge
+        lname = name.lower()
+        kind = _FRAMING.get(lname)
+        if kind is None:
+            if lname in self.drop or lname.startswith(self.prefixes):
+                return
+        elif kind == _HOST:
+            if self.host is not None:
+                self.duplicate_host = True  # RFC 9112 §3.2: more than one Host field is a 400
+            self.host = value
+        elif kind == _LENGTH:
+            self.content_length = True
+        elif kind == _EXPECT:
+            self.expect_continue = value.strip().lower() == b"100-continue"
+        elif kind == _TE:
+            self.chunked = value.rsplit(b",", 1)[-1].strip().lower() == b"chunked"
+            return
+        elif kind == _CONNECTION:
+            tokens = {t.strip() for t in value.lower().split(b",")}
+            self.connection = tokens if self.connection is None else self.connection | tokens
+            return
+        elif kind == _UPGRADE:
+            self.upgrade = value.strip().lower()
+            return
+        self.lines.append(name + b": " + value + b"\r\n")
 
-_HOST, _CONNECTION, _TE, _LENGTH, _UPGRADE = 1, 2, 3, 4, 5
-_FRAMING = {b"host": _HOST, b"connection": _CONNECTION, b"transfer-encoding": _TE,
-            b"content-length": _LENGTH, b"upgrade": _UPGRADE}
+    def finish(self) -> bool:
+        """Apply Connection-named removals; False if the message is malformed."""
+        if self.connection and (extra := self.connection - _CONNECTION_KEYWORDS):
+            # Fields the Connection header names are hop-by-hop too (rare: no pass otherwise).
+            self.lines = [ln for ln in self.lines
+                          if ln.partition(b":")[0].lower() not in extra]
+        return not self.duplicate_host
+
+    def connection_has(self, token: bytes) -> bool:
+        return self.connection is not None and token in self.connection
 
 
 def scan_headers(raw: list[tuple[bytes, bytes]], drop: frozenset[bytes],
                  prefixes: tuple[bytes, ...]) -> Head | None:
-    """Sort fields into kept lines and framing facts; None if malformed (two Host fields).
-
-    `drop` must include HOP_BY_HOP. Runs twice per proxied request: one dict lookup per field.
-    """
-    h = Head()
-    lines = h.lines
-    names: list[bytes] = []
+    """All fields at once (tests, tools); None if malformed."""
+    h = Head(drop, prefixes)
     for name, value in raw:
-        lname = name.lower()
-        kind = _FRAMING.get(lname)
-        if kind is not None:
-            if kind == _HOST:
-                if h.host is not None:
-                    return None  # RFC 9112 §3.2: more than one Host field is a 400
-                h.host = value
-            elif kind == _LENGTH:
-                h.content_length = True
-            elif kind == _TE:
-                h.chunked = value.rsplit(b",", 1)[-1].strip().lower() == b"chunked"
-                continue
-            elif kind == _CONNECTION:
-                h.connection.update(t.strip().lower() for t in value.split(b","))
-                continue
-            else:
-                h.upgrade = value.strip().lower()
-                continue
-        elif lname in drop or lname.startswith(prefixes):
-            continue
-        lines.append(name + b": " + value + b"\r\n")
-        names.append(lname)
-    # Fields the Connection header names are hop-by-hop too (rare: no filter pass otherwise).
-    if h.connection and (extra := h.connection - _CONNECTION_KEYWORDS):
-        h.lines = [line for lname, line in zip(names, lines, strict=True) if lname not in extra]
-    return h
-
-
-_CONNECTION_KEYWORDS = frozenset((b"close", b"keep-alive", b"upgrade"))
+        h.add(name, value)
+    return h if h.finish() else None
 
 
 def normalize_host(host: bytes) -> str:

@@ -11,12 +11,13 @@ from __future__ import annotations
 
 import asyncio
 from collections import deque
+from collections.abc import Callable
 from typing import TYPE_CHECKING, cast
 
 import httptools
 
 from gateway.exchange import Exchange
-from gateway.http1 import DROP_PREFIXES, normalize_host, normalize_target, scan_headers
+from gateway.http1 import DROP_PREFIXES, Head, HeadersTooLarge, normalize_host, normalize_target
 from gateway.problems import problem_response
 
 if TYPE_CHECKING:
@@ -33,10 +34,6 @@ READ_BUFFER = 64 * 1024
 _CLOSE_FIELD = b"connection: close\r\n"
 
 
-class _HeadersTooLarge(Exception):
-    pass
-
-
 class ClientConn(asyncio.BufferedProtocol):
     """A BufferedProtocol: TLS records decrypt straight into one reused buffer. (With plain
     data_received, the TLS layer allocates a 256 KiB bytes object per read: measured as a
@@ -47,6 +44,10 @@ class ClientConn(asyncio.BufferedProtocol):
         self._rbuf = memoryview(bytearray(READ_BUFFER))
         self.transport: asyncio.Transport | None = None
         self.ident: Identity | None = None
+        # The field sorter is the parser's on_header callback itself (bound before the parser
+        # looks it up): no per-field list of tuples, no second pass.
+        self._head = Head(gw.drop_headers, DROP_PREFIXES, gw.cfg.max_header_bytes)
+        self.on_header: Callable[[bytes, bytes], None] = self._head.add
         self.parser = httptools.HttpRequestParser(self)
         self.current: Exchange | None = None   # the exchange being answered
         self.parsing: Exchange | None = None   # the exchange whose request is being read
@@ -60,9 +61,7 @@ class ClientConn(asyncio.BufferedProtocol):
         self._paused = 0
         self._in_next = False
         self._fwd = b""
-        self._raw: list[tuple[bytes, bytes]] = []
         self._url = b""
-        self._header_bytes = 0
         self._upgrade_ex: Exchange | None = None
         self._host_raw: bytes | None = None
         self._host = ""
@@ -123,7 +122,7 @@ class ClientConn(asyncio.BufferedProtocol):
         except httptools.HttpParserUpgrade as e:
             self._after_upgrade_request(bytes(data[e.args[0]:]))
         except httptools.HttpParserCallbackError as e:
-            if isinstance(e.__context__, _HeadersTooLarge):
+            if isinstance(e.__context__, HeadersTooLarge):
                 self._fatal(431, "headers_too_large")
             else:
                 raise
@@ -202,32 +201,26 @@ class ClientConn(asyncio.BufferedProtocol):
     # --- request parser callbacks -------------------------------------------------------------
 
     def on_message_begin(self) -> None:
-        self._header_bytes = 0
+        self._head.reset()
 
     def on_url(self, url: bytes) -> None:
         self._url += url
-        self._header_bytes += len(url)
-
-    def on_header(self, name: bytes, value: bytes) -> None:
-        self._header_bytes += len(name) + len(value) + 4
-        if self._header_bytes > self.gw.cfg.max_header_bytes:
-            raise _HeadersTooLarge
-        self._raw.append((name, value))
+        self._head.size += len(url)
 
     def on_headers_complete(self) -> None:
         p = self.parser
-        raw, self._raw = self._raw, []
         url, self._url = self._url, b""
         method_b = p.get_method()
         ex = Exchange(self, method_b.decode("ascii"), p.get_http_version() == "1.0",
                       p.should_keep_alive())
         self.parsing = ex
-        head = scan_headers(raw, self.gw.drop_headers, DROP_PREFIXES)
-        target = normalize_target(url) if head is not None else None
+        head = self._head
+        well_formed = head.finish()
+        target = normalize_target(url)
         if ex.method == "CONNECT":  # a reverse proxy has no tunnels to offer
             ex.refusal, ex.close_after = (405, "method_not_allowed"), True
-        elif head is None or target is None or (head.host is None and not ex.http10
-                                                 and target[2] is None):
+        elif not well_formed or target is None or (head.host is None and not ex.http10
+                                                   and target[2] is None):
             ex.refusal, ex.close_after = (400, "bad_request"), True
         else:
             path, fwd_target, url_host = target
@@ -244,9 +237,10 @@ class ClientConn(asyncio.BufferedProtocol):
             if head.upgrade is not None:
                 self._upgrade_ex = ex
                 ex.close_after = True  # after an upgrade the connection never returns to HTTP
-                ex.websocket = (head.upgrade == b"websocket" and b"upgrade" in head.connection
+                ex.websocket = (head.upgrade == b"websocket" and head.connection_has(b"upgrade")
                                 and ex.method == "GET")
             ex.chunked_request = head.chunked
+            ex.expect_continue = head.expect_continue
             ex.retryable = not head.chunked and not head.content_length
             ex.head = b"".join((
                 method_b, b" ", fwd_target, b" HTTP/1.1\r\n", *lines,
@@ -314,6 +308,7 @@ class ClientConn(asyncio.BufferedProtocol):
         gw.pool.acquire(ex)
 
     def _refuse(self, ex: Exchange, status: int, reason: str, rule: str) -> None:
+        self._unsent_body_means_close(ex)
         ex.status = status
         self.write(problem_response(status, reason, rule,
                                     close=ex.close_after or not ex.keep_alive))
@@ -352,7 +347,16 @@ class ClientConn(asyncio.BufferedProtocol):
                                ex.upstream_seconds)
         if not can_reuse:
             ex.close_after = True
+        self._unsent_body_means_close(ex)
         self._exchange_done(ex)
+
+    @staticmethod
+    def _unsent_body_means_close(ex: Exchange) -> None:
+        # Answered before the body arrived, to a client waiting for "100 Continue": it will not
+        # send the body now, so the stream can't be resynchronised (RFC 9110 §10.1.1). Close.
+        # Other clients send their body anyway; it is read and dropped, keeping the connection.
+        if ex.expect_continue and not ex.request_done:
+            ex.close_after = True
 
     def start_splice(self, ex: Exchange, rest: bytes) -> None:
         """The upstream switched protocols: from now on bytes flow both ways untouched."""

@@ -10,11 +10,12 @@ from __future__ import annotations
 
 import asyncio
 import socket
+from collections.abc import Callable
 from typing import TYPE_CHECKING, cast
 
 import httptools
 
-from gateway.http1 import HOP_BY_HOP, RESPONSE_DROP_PREFIXES, response_head, scan_headers
+from gateway.http1 import HOP_BY_HOP, RESPONSE_DROP_PREFIXES, Head, response_head
 
 if TYPE_CHECKING:
     from gateway.exchange import Exchange
@@ -30,12 +31,13 @@ class UpstreamConn(asyncio.Protocol):
     def __init__(self, pool: UpstreamPool) -> None:
         self.pool = pool
         self.transport: asyncio.Transport | None = None
+        self._head = Head(HOP_BY_HOP, RESPONSE_DROP_PREFIXES)
+        self.on_header: Callable[[bytes, bytes], None] = self._head.add  # before the parser
         self.parser = httptools.HttpResponseParser(self)
         self.ex: Exchange | None = None
         self.spliced = False
         self.reused = False
         self.idle_since = 0.0
-        self._raw: list[tuple[bytes, bytes]] = []
         self._reason = b""
         self._received = False    # any response byte for the current exchange
         self._complete = False    # message complete seen inside feed_data
@@ -129,7 +131,7 @@ class UpstreamConn(asyncio.Protocol):
         assert self.transport is not None
         self.ex, self.reused, ex.upstream = ex, reused, self
         self._received = self._complete = self._head_only = self._until_close = False
-        self._interim, self._mode, self._raw = False, BODY_NONE, []
+        self._interim, self._mode = False, BODY_NONE
         ex.t_sent = self.pool.loop.time()
         self.transport.write(ex.head)
         self.transport.resume_reading()  # no-op unless a slow client had paused it
@@ -164,24 +166,21 @@ class UpstreamConn(asyncio.Protocol):
     def on_status(self, reason: bytes) -> None:
         self._reason = reason
 
-    def on_header(self, name: bytes, value: bytes) -> None:
-        self._raw.append((name, value))
+    def on_message_begin(self) -> None:
+        self._head.reset()
 
     def on_headers_complete(self) -> None:
         ex = self.ex
         assert ex is not None
         status = self._status = self.parser.get_status_code()
-        raw, self._raw = self._raw, []
         if 100 <= status < 200 and status != 101:  # interim (100 Continue, 103): pass it on
             self._interim = True
             if not ex.http10:
                 self._out.append(response_head(b"HTTP/1.1", status, self._reason, [], b""))
             return
         ex.deadline = 0.0
-        head = scan_headers(raw, HOP_BY_HOP, RESPONSE_DROP_PREFIXES)
-        if head is None:
-            self._broken("reset")
-            return
+        head = self._head
+        head.finish()
         ex.status = status
         ex.upstream_seconds = self.pool.loop.time() - ex.t_sent
         framing = b""

@@ -9,7 +9,7 @@ import ssl
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
-from conftest import Client, ClientCert, Harness, Pki
+from support.gateway_harness import Client, ClientCert, Harness, Pki
 
 HANDSHAKE_REFUSED = (ssl.SSLError, ConnectionError, http.client.RemoteDisconnected)
 

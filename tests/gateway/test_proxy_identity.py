@@ -6,7 +6,7 @@ import re
 import socket
 import ssl
 
-from conftest import TRUST_DOMAIN, Client, ClientCert, Harness, Pki, Upstream
+from support.gateway_harness import TRUST_DOMAIN, Client, ClientCert, Harness, Pki, Upstream
 
 from gateway.identity import parse_identity, xfcc_value
 
@@ -77,7 +77,7 @@ async def test_route_denied_names_the_rule_and_default_denies(
 
 async def test_default_deny_when_no_rule_matches(tmp_path, pki, server_tls, upstream: Upstream,
                                                  node: ClientCert) -> None:
-    from conftest import start_gateway
+    from support.gateway_harness import start_gateway
     h = await start_gateway(tmp_path, pki, server_tls, upstream.port, policy={"routes": [
         {"name": "only-echo", "prefix": "/echo", "methods": ["GET"],
          "allow_dns": ["*.nodes.nodetrust.test"]}]})
@@ -152,7 +152,7 @@ async def test_bad_requests_get_400(gateway: Harness, node: ClientCert) -> None:
 
 async def test_configured_identity_headers_are_stripped_too(
         tmp_path, pki, server_tls, upstream: Upstream, node: ClientCert) -> None:
-    from conftest import start_gateway
+    from support.gateway_harness import start_gateway
     h = await start_gateway(tmp_path, pki, server_tls, upstream.port,
                             strip_headers=("x-internal-role",))
     try:
@@ -163,3 +163,31 @@ async def test_configured_identity_headers_are_stripped_too(
         c.close()
     finally:
         await h.gw.stop(drain_seconds=1)
+
+
+async def test_refused_request_bodies_keep_the_stream_in_step(
+        gateway: Harness, node: ClientCert) -> None:
+    ctx = node.context(gateway.trust)
+
+    def run(request: bytes) -> bytes:
+        with socket.create_connection(("127.0.0.1", gateway.port)) as raw, \
+                ctx.wrap_socket(raw, server_hostname="127.0.0.1") as s:
+            s.sendall(request)
+            out = b""
+            while chunk := s.recv(65536):
+                out += chunk
+            return out
+
+    # A refused body that the client sends anyway is read and dropped: the next request on the
+    # connection is parsed from the right byte.
+    out = await asyncio.to_thread(
+        run, b"POST /admin/x HTTP/1.1\r\nHost: a\r\nContent-Length: 5\r\n\r\nhello"
+             b"GET /echo/next HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n")
+    assert re.findall(rb"HTTP/1\.1 (\d{3}) ", out) == [b"403", b"200"]
+    assert b'"/echo/next"' in out
+    # A client waiting for 100 Continue never sends the body after a refusal: close instead
+    # of reading its next request as body bytes.
+    out = await asyncio.to_thread(
+        run, b"POST /admin/x HTTP/1.1\r\nHost: a\r\nContent-Length: 5\r\n"
+             b"Expect: 100-continue\r\n\r\n")
+    assert out.startswith(b"HTTP/1.1 403") and b"connection: close" in out

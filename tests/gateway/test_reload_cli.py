@@ -11,7 +11,7 @@ from pathlib import Path
 import aiohttp
 import pytest
 from aiohttp.test_utils import TestClient, TestServer
-from conftest import TRUST_DOMAIN, Client, ClientCert, Harness, Pki, free_port
+from support.gateway_harness import TRUST_DOMAIN, Client, ClientCert, Harness, Pki, free_port
 
 from gateway.authz import load_policy
 from gateway.metrics import Metrics, create_metrics_app

@@ -7,15 +7,15 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import aiohttp
-from conftest import (
+from support.gateway_harness import (
     MIB,
     Client,
     ClientCert,
     Harness,
     Pki,
     Upstream,
-    _pattern,
     free_port,
+    pattern,
     pattern_sha256,
     start_gateway,
 )
@@ -27,7 +27,7 @@ FAILSAFE = 60  # seconds; only reached if streaming is broken (then the test fai
 async def test_large_upload_streams_to_the_upstream_before_it_ends(
         gateway: Harness, node: ClientCert, upstream: Upstream) -> None:
     def body() -> Iterator[bytes]:
-        chunks = _pattern(BIG)
+        chunks = pattern(BIG)
         yield next(chunks)
         # The upstream must hold the first MiB while 63 MiB are still on the client side:
         # a gateway that buffered the whole body would never get here.
@@ -39,7 +39,7 @@ async def test_large_upload_streams_to_the_upstream_before_it_ends(
     assert r.status == 200, r.body
     assert r.json() == {"sha256": pattern_sha256(BIG), "size": BIG}
     # A Content-Length upload on the same connection goes through unchanged too.
-    r = await c.request("POST", "/upload", b"".join(_pattern(3 * MIB)),
+    r = await c.request("POST", "/upload", b"".join(pattern(3 * MIB)),
                         {"Content-Length": str(3 * MIB)})
     assert r.json() == {"sha256": pattern_sha256(3 * MIB), "size": 3 * MIB}
     c.close()
@@ -160,6 +160,7 @@ async def test_pooled_connection_the_upstream_closed_is_retried(
     pooled = gateway.gw.pool.idle[0]
     assert pooled.transport is not None
     pooled.transport.pause_reading()  # so the gateway cannot notice the close below in time
+    assert upstream.server is not None
     server = upstream.server.runner.server  # type: ignore[union-attr]
     for handler in server.connections:  # the upstream drops its idle keep-alive connection
         assert handler.transport is not None
