@@ -26,6 +26,11 @@ def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-ar
     p.add_argument("--renew", action="store_true",
                    help="if node.pem exists, renew only when ARI says it is time")
     p.add_argument("--force", action="store_true", help="with --renew: renew now")
+    p.add_argument("--daemon", action="store_true",
+                   help="stay running: enroll if needed, then renew inside each ARI window "
+                        "(see conf/systemd/ for a unit)")
+    p.add_argument("--check-every", type=float, default=3600.0, metavar="SECONDS",
+                   help="with --daemon: ask the server at least this often (default 3600)")
     p.add_argument("--timeout", type=float, default=120.0, help="seconds for the whole run")
     p.add_argument("--json", action="store_true", default=argparse.SUPPRESS,
                    help="machine-readable output")
@@ -66,6 +71,15 @@ def run(args: argparse.Namespace) -> int:
     req = EnrollRequest(server=args.server, bootstrap=boot, out=args.out,
                         verify=_verify(args.ca_bundle), renew=args.renew, force=args.force,
                         timeout=args.timeout)
+    if args.daemon:
+        from nodetrust.renewer import run_daemon
+
+        def report(line: str) -> None:
+            print(f"{dt.datetime.now(dt.UTC):%Y-%m-%dT%H:%M:%SZ} nodetrust enroll: {line}",
+                  flush=True)
+
+        return run_daemon(req, check_every=args.check_every, report=report,
+                          errors=ENROLL_ERRORS, describe=lambda e: one_line(e, args.server))
     try:
         result = enroll(req)
     except ENROLL_ERRORS as exc:

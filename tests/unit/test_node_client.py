@@ -173,3 +173,24 @@ def test_enroll_force_needs_renew(tmp_path: Path, demo_boot: tuple[str, str],
     rc = main(["enroll", "--force", "--bootstrap-cert", demo_boot[0], "--bootstrap-key",
                demo_boot[1], "--out", str(tmp_path / "node")])
     assert rc == 1 and "--force only makes sense with --renew" in capsys.readouterr().err
+
+
+def test_renewer_wakes_inside_the_window_but_checks_back() -> None:
+    import datetime as dt
+    import random
+    from pathlib import Path as _P
+
+    from nodetrust.enroll import EnrollResult
+    from nodetrust.renewer import next_wake
+
+    now = dt.datetime(2026, 1, 1, tzinfo=dt.UTC)
+    result = EnrollResult(action="enrolled", device_id="d", cert_path=_P("c"), key_path=_P("k"),
+                          renew_from=now + dt.timedelta(hours=16),
+                          renew_until=now + dt.timedelta(hours=20))
+    rng = random.Random(7)
+    waits = [next_wake(result, now, 10 * 86400, rng) for _ in range(50)]
+    assert all(16 * 3600 <= w <= 20 * 3600 for w in waits) and len(set(waits)) > 1
+    assert next_wake(result, now, 3600, rng) == 3600  # never longer than check_every
+    past = EnrollResult(action="not-due", device_id="d", cert_path=_P("c"), key_path=_P("k"),
+                        renew_from=now - dt.timedelta(hours=1), renew_until=now)
+    assert next_wake(past, now, 3600, rng) == 1.0
