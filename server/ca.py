@@ -29,7 +29,7 @@ from cryptography.hazmat.primitives.asymmetric.types import (
 )
 from cryptography.x509.oid import ExtendedKeyUsageOID
 
-from server import pki_files
+from server import permanent_identifier, pki_files
 from server.pki_files import KEY_TYPES, CAError, generate_key, new_serial
 
 __all__ = [
@@ -46,7 +46,7 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
-PERMANENT_IDENTIFIER_OID = x509.ObjectIdentifier("1.3.6.1.5.5.7.8.3")  # RFC 4043
+PERMANENT_IDENTIFIER_OID = permanent_identifier.OID  # RFC 4043
 SERVER_BACKDATE = timedelta(minutes=5)
 
 # RFC 5280 §5.3.1 reason codes (7 is unused). 0 = unspecified is written as "no reason extension".
@@ -120,28 +120,10 @@ def _key_type_name(public_key: PublicKeyTypes) -> str:
     return _KEY_TYPE_BY_DESCRIPTION.get(desc, desc)
 
 
-# --- PermanentIdentifier (RFC 4043) as an otherName value ---------------------------------------
-# cryptography takes an otherName's value as ready-made DER, and the shape is tiny:
-#   PermanentIdentifier ::= SEQUENCE { identifierValue UTF8String OPTIONAL,
-#                                      assigner OBJECT IDENTIFIER OPTIONAL }
-# We always write identifierValue and never assigner, so two TLVs suffice.
-
-
-def _der_length(n: int) -> bytes:
-    # X.690 §8.1.3: short form below 128, else 0x80|count followed by big-endian length octets.
-    if n < 0x80:
-        return bytes([n])
-    body = n.to_bytes((n.bit_length() + 7) // 8, "big")
-    return bytes([0x80 | len(body)]) + body
-
-
-def _der_tlv(tag: int, content: bytes) -> bytes:
-    return bytes([tag]) + _der_length(len(content)) + content
-
-
+# --- PermanentIdentifier (RFC 4043) as an otherName value: cryptography takes ready-made DER.
 def encode_permanent_identifier(identifier_value: str) -> bytes:
-    """DER of PermanentIdentifier { identifierValue }: 0x30 SEQUENCE around 0x0C UTF8String."""
-    return _der_tlv(0x30, _der_tlv(0x0C, identifier_value.encode("utf-8")))
+    """DER of PermanentIdentifier { identifierValue } (server.permanent_identifier)."""
+    return permanent_identifier.encode(identifier_value)
 
 
 def _utc(value: datetime, what: str) -> datetime:
