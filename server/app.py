@@ -29,6 +29,9 @@ from server.va.registry import ChallengeValidators
 
 log = logging.getLogger("nodetrust.server")
 
+# The RA's dependencies (store, CA, clock, telemetry): the admin listener works with them.
+DEPS = web.AppKey("deps", Deps)
+
 
 def open_ca(cfg: ServerConfig) -> CertificateAuthority:
     return CertificateAuthority.load_or_create(cfg.ca_dir, key_type=cfg.ca_key_type,
@@ -38,7 +41,8 @@ def open_ca(cfg: ServerConfig) -> CertificateAuthority:
 def create_app(cfg: ServerConfig, *, ca: CertificateAuthority | None = None,
                deps: Deps | None = None) -> web.Application:
     ca = ca or open_ca(cfg)
-    store = deps.store if deps else Store(cfg.db_path, synchronous=cfg.store_synchronous)
+    store = deps.store if deps else Store(cfg.db_path, synchronous=cfg.store_synchronous,
+                                          audit_mirror=cfg.audit.mirror_file)
     deps = deps or Deps(cfg=cfg, store=store, ca=ca, now=utcnow)
     links = Links(cfg.url)
     nonces = NonceStore(ttl=cfg.acme.nonce_ttl.total_seconds(), max_nonces=cfg.acme.max_nonces)
@@ -59,6 +63,7 @@ def create_app(cfg: ServerConfig, *, ca: CertificateAuthority | None = None,
     app = web.Application(middlewares=[make_acme_middleware(nonces, links, per_ip)],
                           client_max_size=cfg.acme.max_body_bytes)
     app[API] = ctx
+    app[DEPS] = deps
     feed = RevocationFeed(store, cfg.feed, token=load_or_create_token(cfg.feed_token_path),
                           now=deps.now)
     app[FEED] = feed

@@ -110,6 +110,26 @@ class AttestationSettings:
 
 
 @dataclass(frozen=True)
+class AdminSettings:
+    """The operators' HTTPS listener: admin API, /metrics and the dashboard."""
+
+    listen: tuple[str, int] | None = None  # None: off
+    expiry_warning: timedelta = timedelta(hours=6)  # the expiry watch's window
+    session_ttl: timedelta = timedelta(hours=12)  # dashboard login cookie lifetime
+    # GET /admin/login?token=... sets the cookie and redirects (headless browsers, links):
+    # the token then sits in a URL (history, argv). Off unless asked for.
+    token_in_url: bool = False
+
+
+@dataclass(frozen=True)
+class AuditSettings:
+    """The audit log lives in the database; this optional copy (JSON lines, 0600) is for a
+    log shipper, and the outside reference `nodetrust audit verify` checks the chain against."""
+
+    mirror_file: Path | None = None
+
+
+@dataclass(frozen=True)
 class ServerConfig:
     source: str
     listen_host: str = "127.0.0.1"
@@ -131,6 +151,8 @@ class ServerConfig:
     feed: FeedSettings = FeedSettings()
     attestation: AttestationSettings = AttestationSettings()
     identity: IdentitySettings = IdentitySettings()
+    audit: AuditSettings = AuditSettings()
+    admin: AdminSettings = AdminSettings()
 
     @property
     def url(self) -> str:
@@ -150,6 +172,10 @@ class ServerConfig:
     @property
     def feed_token_path(self) -> Path:
         return self.data_dir / "feed.token"
+
+    @property
+    def admin_token_path(self) -> Path:
+        return self.data_dir / "admin.token"
 
     def with_overrides(self, *, data_dir: Path | None = None, listen: str | None = None) -> ServerConfig:
         cfg = self
@@ -302,13 +328,18 @@ def parse_config(raw: Mapping[str, Any], source: str, base_dir: Path) -> ServerC
     feed = _parse_feed(root.table("feed"), d.feed)
     attestation = _parse_attestation(root.table("attestation"), d.attestation, base_dir)
     identity = _parse_identity(root.table("identity"), d.identity)
+    audit_sec = root.table("audit")
+    mirror = audit_sec.get("mirror_file", str, "")
+    audit = AuditSettings(mirror_file=(base_dir / mirror).resolve() if mirror else None)
+    audit_sec.done()
+    admin = _parse_admin(root.table("admin"), d.admin)
     root.done()
     return ServerConfig(
         source=source, listen_host=host, listen_port=port, data_dir=data_dir, base_url=base_url,
         tls_names=tls_names, ca_key_type=ca_key_type, ca_common_name=ca_cn, store_synchronous=sync,
         acme=acme, identifiers=idents, profiles=profiles, default_profile=default_profile,
         validation=validation, rate_limits=rate_limits, feed=feed,
-        attestation=attestation, identity=identity,
+        attestation=attestation, identity=identity, audit=audit, admin=admin,
     )
 
 
@@ -405,6 +436,20 @@ def _parse_feed(sec: _Section, d: FeedSettings) -> FeedSettings:
         raise ConfigError(sec.source, sec.key("poll_interval"), "must be positive")
     if out.page_size < 1:
         raise ConfigError(sec.source, sec.key("page_size"), "must be at least 1")
+    sec.done()
+    return out
+
+
+def _parse_admin(sec: _Section, d: AdminSettings) -> AdminSettings:
+    listen = sec.get("listen", str, "")
+    out = AdminSettings(
+        listen=parse_listen(listen, sec.key("listen"), sec.source) if listen else None,
+        expiry_warning=sec.duration("expiry_warning", d.expiry_warning),
+        session_ttl=sec.duration("session_ttl", d.session_ttl),
+        token_in_url=sec.get("token_in_url", bool, d.token_in_url),
+    )
+    if out.session_ttl <= timedelta(0):
+        raise ConfigError(sec.source, sec.key("session_ttl"), "must be positive")
     sec.done()
     return out
 

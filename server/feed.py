@@ -16,6 +16,7 @@ import hmac
 import logging
 import os
 import secrets
+import time
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -29,7 +30,8 @@ log = logging.getLogger("nodetrust.feed")
 
 
 def load_or_create_token(path: Path) -> str:
-    """The feed's bearer token: 32 random bytes, base64url, made 0600 on first start."""
+    """A bearer token (the feed's, the admin API's): 32 random bytes, base64url, made 0600
+    on first start."""
     path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
     token = base64.urlsafe_b64encode(secrets.token_bytes(32)).rstrip(b"=").decode()
     try:
@@ -37,7 +39,7 @@ def load_or_create_token(path: Path) -> str:
     except FileExistsError:
         existing = path.read_text().strip()
         if not existing:
-            raise ValueError(f"{path}: empty feed token file; delete it to make a new one") from None
+            raise ValueError(f"{path}: empty token file; delete it to make a new one") from None
         return existing
     with os.fdopen(fd, "w") as f:
         f.write(token + "\n")
@@ -73,6 +75,7 @@ class RevocationFeed:
         self._seen_head = 0
         self._poller: asyncio.Task[None] | None = None
         self._closing = False
+        self._positions: dict[int, float] = {}  # `since` asked -> when (monotonic), for lag
 
     # -- lifecycle ------------------------------------------------------------------
     def start(self) -> None:
@@ -103,6 +106,7 @@ class RevocationFeed:
 
     # -- reading -----------------------------------------------------------------------
     def page(self, since: int) -> FeedPage:
+        self._note_position(since)
         limit = self.settings.page_size
         events = self.store.revocation_events_since(since, limit)
         if not events and since > self.store.revocation_head():
@@ -133,6 +137,26 @@ class RevocationFeed:
     @property
     def waiting(self) -> int:
         return self._waiting
+
+    def lag(self) -> int:
+        """Events the slowest recent subscriber has yet to fetch: head minus the lowest
+        `since` asked in the last two long-poll periods (0 with no subscriber)."""
+        self._prune_positions()
+        if not self._positions:
+            return 0
+        return max(0, self.store.revocation_head() - min(self._positions))
+
+    def _note_position(self, since: int) -> None:
+        self._positions[since] = time.monotonic()
+        if len(self._positions) > 1024:
+            self._prune_positions()
+
+    def _prune_positions(self) -> None:
+        horizon = time.monotonic() - 2 * self.settings.max_wait.total_seconds() - 1
+        for since in [k for k, t in self._positions.items() if t < horizon]:
+            del self._positions[since]
+        while len(self._positions) > 1024:  # keep the newest positions asked
+            del self._positions[min(self._positions, key=self._positions.__getitem__)]
 
     async def wait_for_waiters(self, n: int = 1) -> None:
         """Diagnostics and tests: return once at least `n` long-polls are parked."""

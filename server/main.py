@@ -12,6 +12,7 @@ from typing import Any, Callable
 
 from aiohttp import web
 
+from server.admin.app import create_admin_app
 from server.api.bootstrap import bootstrap_tls_context, create_bootstrap_app
 from server.api.context import API
 from server.app import create_app, open_ca
@@ -60,8 +61,9 @@ def main(argv: list[str] | None = None) -> int:
         cfg = load_config(args.config).with_overrides(data_dir=args.data_dir, listen=args.listen)
         cfg.data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
         ca = open_ca(cfg)
+        admin_host = {cfg.admin.listen[0]} if cfg.admin.listen else set()
         cert, key = ca.server_certificate(
-            sorted(set(cfg.tls_names) | {cfg.listen_host}), cfg.data_dir / "tls")
+            sorted(set(cfg.tls_names) | {cfg.listen_host} | admin_host), cfg.data_dir / "tls")
     except (ConfigError, CAError) as exc:
         print(f"nodetrust-server: {exc}", file=sys.stderr)
         return 2
@@ -78,6 +80,9 @@ def main(argv: list[str] | None = None) -> int:
     except OSError as exc:
         print(f"nodetrust-server: cannot listen: {exc.strerror or exc}", file=sys.stderr)
         return 1
+    except ValueError as exc:  # e.g. an empty admin.token
+        print(f"nodetrust-server: {exc}", file=sys.stderr)
+        return 2
     log.info("stopped")
     return 0
 
@@ -89,11 +94,19 @@ def run(main_coro: Any, loop_factory: Callable[[], asyncio.AbstractEventLoop]) -
 
 async def serve(cfg: ServerConfig, app: web.Application, root_path: Path, cert: Path,
                 key: Path) -> None:
-    """The ACME listener, and the bootstrap mTLS listener when configured, until SIGTERM or
-    SIGINT. SIGHUP re-reads the manufacturer roots; a bad file keeps the old ones."""
+    """The ACME listener, and the bootstrap mTLS and admin listeners when configured, until
+    SIGTERM or SIGINT. SIGHUP re-reads the manufacturer roots; a bad file keeps the old ones."""
     ctx = app[API]
     runners = [web.AppRunner(app, access_log=None, shutdown_timeout=5)]
     await runners[0].setup()
+    if cfg.admin.listen:  # up before the ACME port answers: a live directory means all is up
+        host, port = cfg.admin.listen
+        admin = web.AppRunner(create_admin_app(app), access_log=None, shutdown_timeout=5)
+        await admin.setup()
+        runners.append(admin)
+        await web.TCPSite(admin, host, port, ssl_context=tls_context(cfg, cert, key)).start()
+        log.info("admin API, /metrics and dashboard: https://%s:%d/admin/ (token: %s)", host,
+                 port, cfg.admin_token_path)
     await web.TCPSite(runners[0], cfg.listen_host, cfg.listen_port,
                       ssl_context=tls_context(cfg, cert, key)).start()
     log.info("ACME directory: %s/acme/directory", cfg.url)

@@ -2,13 +2,10 @@
 from __future__ import annotations
 
 import argparse
-import secrets
-from datetime import datetime, timezone
 
+from server.cli.backend import Backend
+from server.cli.nodes import short_time
 from server.cli.output import CliError, emit
-from server.jws import b64e
-from server.models import EabKey
-from server.store.repo import Store
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
@@ -24,12 +21,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-ar
     r.add_argument("kid")
 
 
-def run(args: argparse.Namespace, store: Store) -> int:
+def run(args: argparse.Namespace, backend: Backend) -> int:
     if args.eab_cmd == "create":
-        key = EabKey(kid="kid-" + secrets.token_urlsafe(12), hmac_key=secrets.token_bytes(32),
-                     created_at=datetime.now(timezone.utc), note=args.note)
-        store.insert_eab_key(key)
-        out = {"kid": key.kid, "hmac_key": b64e(key.hmac_key), "note": key.note}
+        out = backend.call("eab.create", note=args.note)
         emit(out, as_json=args.json, text=(
             f"kid:      {out['kid']}\nhmac key: {out['hmac_key']}\n"
             "Give both to the node's operator once; the key binds exactly one ACME account, e.g.\n"
@@ -37,20 +31,15 @@ def run(args: argparse.Namespace, store: Store) -> int:
             f"  certbot --eab-kid {out['kid']} --eab-hmac-key {out['hmac_key']} ..."))
         return 0
     if args.eab_cmd == "list":
-        rows = [{"kid": k.kid, "created": k.created_at.strftime("%Y-%m-%d %H:%M"),
-                 "account": k.account_id, "status": "revoked" if k.revoked else
-                 ("bound" if k.account_id else "unused"), "note": k.note}
-                for k in store.list_eab_keys()]
+        rows = backend.call("eab.list")
+        if not args.json:
+            rows = [r | {"created": short_time(r["created"])} for r in rows]
         emit(rows, as_json=args.json, columns=["kid", "status", "account", "created", "note"])
         return 0
     if args.eab_cmd == "revoke":
-        key = store.get_eab_key(args.kid)
-        if key is None:
-            raise CliError(f"no EAB key {args.kid!r}")
-        if not store.revoke_eab_key(args.kid):
-            raise CliError(f"EAB key {args.kid!r} is already revoked")
-        emit({"kid": args.kid, "revoked": True}, as_json=args.json,
-             text=f"revoked {args.kid}" + (f" (already bound to account {key.account_id}: that "
-                                          "account keeps working)" if key.account_id else ""))
+        out = backend.call("eab.revoke", kid=args.kid)
+        emit(out, as_json=args.json,
+             text=f"revoked {out['kid']}" + (f" (already bound to account {out['account']}: "
+                                             "that account keeps working)" if out["account"] else ""))
         return 0
     raise CliError(f"unknown eab command {args.eab_cmd}")

@@ -9,6 +9,7 @@ from typing import Callable
 from server.ca import CertificateAuthority
 from server.config import ServerConfig
 from server.store.repo import Store
+from server.telemetry import Telemetry
 
 
 def utcnow() -> datetime:
@@ -26,3 +27,4 @@ class Deps:
     store: Store
     ca: CertificateAuthority
     now: Callable[[], datetime] = field(default=utcnow)
+    telemetry: Telemetry = field(default_factory=Telemetry)  # counters for /metrics

@@ -17,9 +17,10 @@ from server.identity import NodeIdentity, device_id_of, node_identity
 from server.models import (Account, Authorization, AuthzEvidence, Challenge, EabKey, Node,
                            NodeStatus, Order)
 from server.ra.deps import Deps
-from server.va.attest.chains import ManufacturerTrust, load_trust
-from server.va.attest.errors import attestation_failure
-from server.va.attest.verify import BootstrapEvidence, verify_attestation
+from server.va.attest.chains import ManufacturerTrust, TrustLoadError, load_trust
+from server.va.attest.errors import BAD_ATTESTATION, attestation_failure
+from server.va.attest.formats import FORMATS
+from server.va.attest.verify import BootstrapEvidence, decode_att_obj, verify_attestation
 
 log = logging.getLogger("nodetrust.devices")
 
@@ -42,14 +43,24 @@ class DeviceService:
         settings = deps.cfg.identity
         probe = node_identity("n", settings).dns_name  # "n.nodes.nodetrust.internal"
         self.device_domain = probe[1:]  # ".nodes.nodetrust.internal"
-        self.trust = ManufacturerTrust()
-        self.reload_trust()
+        self.trust = self._load_trust()
 
-    def reload_trust(self) -> None:
-        """Read manufacturer roots and CRLs again (start-up and SIGHUP). A bad file raises
-        TrustLoadError and leaves the previous trust in force."""
+    def reload_trust(self, actor: str = "server") -> None:
+        """Read manufacturer roots and CRLs again (SIGHUP). A bad file raises TrustLoadError
+        and leaves the previous trust in force. Either way the attempt is audited: who is
+        trusted to mint device identities is policy."""
+        try:
+            self.trust = self._load_trust()
+        except TrustLoadError as exc:
+            self.d.store.audit_nowait("policy.reload_failed", actor, "manufacturer-roots",
+                                      {"error": str(exc)})
+            raise
+        self.d.store.audit_nowait("policy.reloaded", actor, "manufacturer-roots", {
+            "manufacturers": sorted(m.name for m in self.trust.manufacturers)})
+
+    def _load_trust(self) -> ManufacturerTrust:
         att = self.d.cfg.attestation
-        self.trust = load_trust(
+        return load_trust(
             att.roots_dir, demo_dir=self.d.cfg.data_dir / "demo-manufacturer"
             if att.demo_manufacturer else None, crl_paths=att.crls,
             default_source=att.device_id_source, sources=dict(att.device_id_sources))
@@ -76,11 +87,18 @@ class DeviceService:
             await self.d.store.write(self.d.store.finish_challenge, chall.id, authz.id, valid=False,
                                      when=self.d.now(), error=error)
             log.info("device-attest-01 for %s refused: %s", authz.identifier.value, f.detail)
+            self.d.telemetry.challenge_result(DEVICE_ATTEST_01, f.code)
+            self.d.telemetry.device_enrollment(_format_label(payload.get("attObj")),
+                                               _check_label(f))
             return
         await self.d.store.write(
             self.d.store.record_attestation, node,
             AuthzEvidence(authz.id, evidence.device_id, evidence.spki_sha256, evidence.serial),
             chall.id, when=self.d.now(), approved=approved)
+        if approved:
+            self.d.telemetry.challenge_result(DEVICE_ATTEST_01, None)
+        self.d.telemetry.device_enrollment(_format_label(payload.get("attObj")),
+                                           None if approved else "awaiting approval")
         log.info("device %s (%s, bootstrap %s) attested for account %s%s", evidence.device_id,
                  evidence.manufacturer, evidence.serial, account.id,
                  "" if approved else ": rejoin waits for `nodetrust nodes approve`")
@@ -193,7 +211,23 @@ class DeviceService:
             cert = self.d.store.get_certificate(serial)
             if serial != keep_serial and cert is not None and cert.account_id != account_id:
                 await self.d.store.write(self.d.store.revoke_certificate, serial, reason=4,
-                                         when=self.d.now())
+                                         when=self.d.now(), via="rejoin")
                 log.info("rejoin of %s: revoked %s (superseded)", device_id, serial)
 
 
+def _format_label(att_obj: Any) -> str:
+    """The attestation format as a metrics label: a known format name, else "other"."""
+    try:
+        fmt, _ = decode_att_obj(att_obj)
+    except ValidationFailure:
+        return "undecodable"
+    return fmt if fmt in FORMATS else "other"
+
+
+def _check_label(failure: ValidationFailure) -> str:
+    """Which check refused ("signature mismatch", "device decommissioned", ...): the text
+    before the colon of an attestation failure; bounded, since checks are code literals."""
+    check, sep, _ = failure.detail.partition(":")
+    if failure.code != BAD_ATTESTATION or not sep or len(check) > 40:
+        return failure.code
+    return check

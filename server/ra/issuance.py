@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import ipaddress
 import logging
+import time
 from datetime import datetime
 from typing import Any
 
@@ -39,6 +40,7 @@ class IssuanceService:
         self.devices = devices
 
     async def finalize(self, account: Account, order: Order, payload: dict[str, Any]) -> Order:
+        started = time.monotonic()
         if order.status != Status.READY:
             raise AcmeProblem("orderNotReady", f"the order is {order.status}, not ready: "
                               "finalize after every authorization is valid", status=403)
@@ -60,7 +62,7 @@ class IssuanceService:
         if not await self.d.store.write(self.d.store.set_order_status, order.id,
                                         Status.PROCESSING, expect=Status.READY, csr_der=csr_der):
             raise AcmeProblem("orderNotReady", "the order is being finalized already", status=403)
-        return await self._issue(order, checked, plan)
+        return await self._issue(order, checked, plan, started=started)
 
     def _check(self, account: Account, order: Order, csr_der: bytes) -> CheckedCSR:
         checked = check_csr(csr_der, allowed_keys=self.d.cfg.acme.allowed_keys)
@@ -108,8 +110,8 @@ class IssuanceService:
             not_after = min(not_after, self.d.ca.intermediate_cert.not_valid_after_utc)
         return not_before, not_after
 
-    async def _issue(self, order: Order, checked: CheckedCSR,
-                     plan: DevicePlan | None = None) -> Order:
+    async def _issue(self, order: Order, checked: CheckedCSR, plan: DevicePlan | None = None,
+                     *, started: float | None = None) -> Order:
         not_before, not_after = self._validity(order, plan)
         try:
             if plan is not None:
@@ -142,6 +144,10 @@ class IssuanceService:
                            device_id=plan.node.device_id if plan else None)
         if not await self.d.store.write(self.d.store.complete_order, order.id, cert):
             raise AcmeProblem("orderNotReady", "the order changed while it was being finalized")
+        self.d.telemetry.certificate_issued(
+            device=plan is not None,
+            latency=(self.d.now() - order.created_at).total_seconds() if order.created_at else None,
+            finalize=time.monotonic() - started if started is not None else None)
         if plan is not None and self.devices is not None:
             await self.devices.supersede(plan.node.device_id, cert.serial, plan.node.account_id,
                                          order.account_id)

@@ -12,7 +12,8 @@ import secrets
 from datetime import datetime, timedelta
 from typing import Any
 
-from server.errors import AcmeProblem, ValidationFailure, malformed, unauthorized
+from server.errors import (ACME_ERROR_PREFIX, AcmeProblem, ValidationFailure, malformed,
+                           unauthorized)
 from server.jws import b64e
 from server.identity import node_identity
 from server.models import (Account, Authorization, AuthzEvidence, Challenge, EabKey, Identifier,
@@ -302,8 +303,14 @@ class OrderService:
             error["identifier"] = ident.to_json()
         await self.d.store.write(self.d.store.finish_challenge, chall.id, authz.id,
                                  valid=error is None, when=self.d.now(), error=error)
-        log.info("challenge %s %s for %s: %s", chall.id, chall.type, ident.value,
-                 "valid" if error is None else f"invalid ({error['detail']})")
+        self.d.telemetry.challenge_result(
+            chall.type, str(error["type"]).removeprefix(ACME_ERROR_PREFIX) if error else None)
+        # Failures are what an operator looks for; successes are in the audit trail.
+        if error is None:
+            log.debug("challenge %s %s for %s: valid", chall.id, chall.type, ident.value)
+        else:
+            log.info("challenge %s %s for %s: invalid (%s)", chall.id, chall.type, ident.value,
+                     error["detail"])
 
     async def resume(self) -> int:
         """After a restart, validate again what was in flight."""

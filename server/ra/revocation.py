@@ -51,13 +51,13 @@ class RevocationService:
         if stored.account_id != account.id and not self._holds_all_names(account, stored):
             raise unauthorized("only the issuing account, an account with valid authorizations "
                                "for every name, or the certificate key may revoke it")
-        return await self._revoke(stored, reason, f"account {account.id}")
+        return await self._revoke(stored, reason, f"acme:{account.id}")
 
     async def revoke_by_key(self, key: PublicKey, payload: dict[str, Any]) -> Certificate:
         stored, leaf, reason = self._find(payload)
         if _spki(leaf.public_key()) != _spki(key):
             raise unauthorized("the request is not signed by the certificate's key")
-        return await self._revoke(stored, reason, "certificate key")
+        return await self._revoke(stored, reason, "acme:certificate-key")
 
     def _holds_all_names(self, account: Account, cert: Certificate) -> bool:
         now = self.d.now()
@@ -66,7 +66,7 @@ class RevocationService:
 
     async def _revoke(self, cert: Certificate, reason: int, by: str) -> Certificate:
         if cert.status == Status.REVOKED or not await self.d.store.write(self.d.store.revoke_certificate, 
-                cert.serial, reason=reason, when=self.d.now()):
+                cert.serial, reason=reason, when=self.d.now(), actor=by, via="acme"):
             raise AcmeProblem("alreadyRevoked", f"certificate {cert.serial} is already revoked")
         log.info("revoked %s (reason %s) by %s", cert.serial, ALLOWED_REASONS[reason], by)
         done = self.d.store.get_certificate(cert.serial)

@@ -8,17 +8,20 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import sqlite3
 import threading
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Callable, Iterable, Iterator, ParamSpec, TypeVar
+from typing import Any, Callable, Iterable, Iterator, Mapping, ParamSpec, TypeVar
 
 import sqlite_utils
 
 from server.models import (Account, Authorization, AuthzEvidence, Certificate, Challenge,
                            EabKey, Identifier, Node, NodeStatus, Order, Status)
+from server.store import audit as chain
+from server.store.audit import AuditRecord
 from server.store.schema import migrate
 from server.store.writer import GroupCommitWriter
 
@@ -43,9 +46,12 @@ def _idents_json(idents: Iterable[Identifier]) -> str:
 
 
 class Store:
-    def __init__(self, path: Path, *, synchronous: str = "full") -> None:
+    def __init__(self, path: Path, *, synchronous: str = "full",
+                 audit_mirror: Path | None = None) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
         self._path, self._synchronous = path, synchronous
+        self.audit_mirror = audit_mirror  # JSON-lines copy of the audit log, appended after commit
+        self.clock: Callable[[], datetime] = lambda: datetime.now(timezone.utc)  # audit `at`
         self._main_conn = self._connect()
         self._local = threading.local()
         self._writer: GroupCommitWriter | None = None
@@ -108,25 +114,53 @@ class Store:
         self._main_conn.close()
 
     class _Tx:
-        def __init__(self, conn: sqlite3.Connection) -> None:
-            self.conn = conn
-            self.nested = conn.in_transaction
+        """A transaction (BEGIN IMMEDIATE: the write lock up front, so what is read inside,
+        like the audit chain's head, stays current until commit), or a savepoint inside one.
+        Post-commit callbacks queued inside are dropped if it rolls back; outside a writer
+        batch the outermost one runs them after COMMIT (the batch runs its own)."""
+
+        def __init__(self, store: Store) -> None:
+            self.store, self.conn = store, store.conn
+            self.nested = self.conn.in_transaction
 
         def __enter__(self) -> sqlite3.Connection:
-            self.conn.execute("SAVEPOINT tx" if self.nested else "BEGIN IMMEDIATE")
+            local = self.store._local
+            self.own = not self.nested and getattr(local, "after_commit", None) is None
+            if self.own:
+                local.after_commit = []
+            self.pending: list[Callable[[], None]] | None = getattr(local, "after_commit", None)
+            self.mark = len(self.pending) if self.pending is not None else 0
+            try:
+                self.conn.execute("SAVEPOINT tx" if self.nested else "BEGIN IMMEDIATE")
+            except BaseException:
+                self._release()
+                raise
             return self.conn
 
         def __exit__(self, exc_type: Any, *_: Any) -> None:
-            if not self.nested:
-                self.conn.execute("ROLLBACK" if exc_type else "COMMIT")
-            elif exc_type:
-                self.conn.execute("ROLLBACK TO tx")
-                self.conn.execute("RELEASE tx")
-            else:
-                self.conn.execute("RELEASE tx")
+            try:
+                if not self.nested:
+                    self.conn.execute("ROLLBACK" if exc_type else "COMMIT")
+                elif exc_type:
+                    self.conn.execute("ROLLBACK TO tx")
+                    self.conn.execute("RELEASE tx")
+                else:
+                    self.conn.execute("RELEASE tx")
+            finally:
+                if exc_type and self.pending is not None:
+                    del self.pending[self.mark:]
+                callbacks = self._release()
+            for callback in callbacks:
+                callback()
+
+        def _release(self) -> list[Callable[[], None]]:
+            if not self.own:
+                return []
+            self.store._local.after_commit = None
+            return self.pending or []
 
     def _tx(self) -> Store._Tx:
-        return Store._Tx(self.conn)
+        return Store._Tx(self)
 
     def _one(self, sql: str, params: Iterable[Any] = ()) -> sqlite3.Row | None:
         row: sqlite3.Row | None = self.conn.execute(sql, tuple(params)).fetchone()
@@ -164,6 +198,9 @@ class Store:
                           (acct.id, acct.thumbprint, json.dumps(acct.jwk), acct.status,
                            json.dumps(acct.contact), int(acct.tos_agreed), acct.eab_kid,
                            _ts(acct.created_at)))
+                self._audit(c, "account.created", f"acme:{acct.id}", acct.id,
+                            key=acct.thumbprint, contact=acct.contact or None,
+                            eab_kid=acct.eab_kid, tos_agreed=acct.tos_agreed)
         except (_Conflict, sqlite3.IntegrityError):
             return False
         return True
@@ -172,9 +209,14 @@ class Store:
                        status: str | None = None) -> None:
         with self._tx() as c:
             if contact is not None:
-                c.execute("UPDATE accounts SET contact = ? WHERE id = ?", (json.dumps(contact), account_id))
+                if c.execute("UPDATE accounts SET contact = ? WHERE id = ?",
+                             (json.dumps(contact), account_id)).rowcount:
+                    self._audit(c, "account.contact_changed", f"acme:{account_id}", account_id,
+                                contact=contact)
             if status is not None:
-                c.execute("UPDATE accounts SET status = ? WHERE id = ?", (status, account_id))
+                if c.execute("UPDATE accounts SET status = ? WHERE id = ? AND status != ?",
+                             (status, account_id, status)).rowcount:
+                    self._audit(c, f"account.{status}", f"acme:{account_id}", account_id)
                 if status == Status.DEACTIVATED:
                     # §7.3.6: pending authorizations of a deactivated account go too.
                     c.execute("UPDATE authzs SET status = ? WHERE account_id = ? AND status = ?",
@@ -185,6 +227,8 @@ class Store:
             with self._tx() as c:
                 c.execute("UPDATE accounts SET jwk = ?, thumbprint = ? WHERE id = ?",
                           (json.dumps(jwk), thumbprint, account_id))
+                self._audit(c, "account.key_changed", f"acme:{account_id}", account_id,
+                            key=thumbprint)
         except sqlite3.IntegrityError:
             return False
         return True
@@ -203,6 +247,7 @@ class Store:
 
     def insert_order(self, order: Order, new_authzs: list[Authorization],
                      evidence: Iterable[AuthzEvidence] = ()) -> None:
+        evidence = list(evidence)
         with self._tx() as c:
             for a in new_authzs:
                 c.execute("INSERT INTO authzs (id, account_id, identifier_type, identifier_value, "
@@ -224,6 +269,10 @@ class Store:
                        json.dumps(order.authz_ids), _ts(order.expires), order.profile,
                        _ts(order.not_before), _ts(order.not_after), order.replaces,
                        _ts(order.created_at)))
+            self._audit(c, "order.created", f"acme:{order.account_id}", order.id,
+                        device_id=evidence[0].device_id if evidence else None,
+                        identifiers=[f"{i.type}:{i.value}" for i in order.identifiers],
+                        profile=order.profile, replaces=order.replaces)
 
     def get_order(self, order_id: str) -> Order | None:
         row = self._one("SELECT * FROM orders WHERE id = ?", [order_id])
@@ -317,12 +366,28 @@ class Store:
         """Record the validation result on the challenge and its authorization together."""
         status = Status.VALID if valid else Status.INVALID
         with self._tx() as c:
-            c.execute("UPDATE challenges SET status = ?, validated = ?, error = ? "
-                      "WHERE id = ? AND status = ?",
-                      (status, _ts(when) if valid else None, json.dumps(error) if error else None,
-                       challenge_id, Status.PROCESSING))
+            if c.execute("UPDATE challenges SET status = ?, validated = ?, error = ? "
+                         "WHERE id = ? AND status = ?",
+                         (status, _ts(when) if valid else None,
+                          json.dumps(error) if error else None, challenge_id,
+                          Status.PROCESSING)).rowcount:
+                self._audit_challenge(c, challenge_id, f"challenge.{status}", error=error)
             c.execute("UPDATE authzs SET status = ? WHERE id = ? AND status = ?",
                       (status, authz_id, Status.PENDING))
+
+    def _audit_challenge(self, c: sqlite3.Connection, challenge_id: str, event: str, *,
+                         error: dict[str, Any] | None = None, node: str | None = None,
+                         **detail: Any) -> None:
+        """A challenge result, by the account that answered it; failures with their reason."""
+        r = c.execute("SELECT ch.type, a.id, a.account_id, a.identifier_type, a.identifier_value "
+                      "FROM challenges ch JOIN authzs a ON a.id = ch.authz_id WHERE ch.id = ?",
+                      (challenge_id,)).fetchone()
+        if error:
+            detail["problem"] = str(error.get("type", "")).rsplit(":", 1)[-1]
+            detail["error"] = error.get("detail")
+        self._audit(c, event, f"acme:{r[2]}", challenge_id, node=node,
+                    device_id=r[4] if r[3] == "permanent-identifier" else None,
+                    type=r[0], identifier=f"{r[3]}:{r[4]}", authz=r[1], **detail)
 
     def challenges_processing(self) -> list[tuple[Challenge, Authorization]]:
         ids = [r[0] for r in self.conn.execute(
@@ -378,6 +443,10 @@ class Store:
                           "WHERE device_id = ?",
                           (NodeStatus.ACTIVE, cert.serial, _ts(cert.not_before), cert.account_id,
                            _ts(cert.not_before), cert.device_id))
+            self._audit(c, "certificate.issued", f"acme:{cert.account_id}", cert.serial,
+                        device_id=cert.device_id, order=order_id,
+                        identifiers=[f"{i.type}:{i.value}" for i in cert.identifiers],
+                        not_after=_ts(cert.not_after))
         return True
 
     def get_certificate(self, serial: str) -> Certificate | None:
@@ -395,13 +464,19 @@ class Store:
     def is_account_key(self, thumbprint: str) -> bool:
         return self._one("SELECT 1 FROM accounts WHERE thumbprint = ?", [thumbprint]) is not None
 
-    def revoke_certificate(self, serial: str, *, reason: int, when: datetime) -> bool:
+    def revoke_certificate(self, serial: str, *, reason: int, when: datetime,
+                           actor: str = "server", via: str | None = None) -> bool:
         """Every revocation path (ACME, CLI, decommission, rejoin) ends here, in any process."""
         with self._tx() as c:
             done = c.execute("UPDATE certificates SET status = ?, revoked_at = ?, revocation_reason = ? "
                              "WHERE serial = ? AND status = ?",
                              (Status.REVOKED, _ts(when), reason, serial, Status.VALID)).rowcount == 1
             if done:
+                device = c.execute("SELECT device_id FROM certificates WHERE serial = ?",
+                                   (serial,)).fetchone()[0]
+                self._audit(c, "certificate.revoked", actor, serial, device_id=device,
+                            reason=chain.REASON_NAMES.get(reason, str(reason)), code=reason,
+                            via=via)
                 # The feed event commits with the revocation or not at all, so a gateway
                 # following the feed can never miss one.
                 c.execute("INSERT INTO revocation_events (serial, revoked_at, reason, not_after) "
@@ -423,7 +498,8 @@ class Store:
         return row[0] if row else None
 
     # -- external account binding ------------------------------------------------------
-    def insert_eab_key(self, key: EabKey, node: Node | None = None) -> None:
+    def insert_eab_key(self, key: EabKey, node: Node | None = None, *,
+                       actor: str = "server") -> None:
         """A new EAB key; with `node`, the device it was earned by is recorded too."""
         with self._tx() as c:
             if node is not None:
@@ -432,6 +508,9 @@ class Store:
                       "device_id, bootstrap_spki, bootstrap_serial) VALUES (?,?,?,?,?,?,?,?,?)",
                       (key.kid, key.hmac_key, _ts(key.created_at), None, 0, key.note,
                        key.device_id, key.bootstrap_spki, key.bootstrap_serial))
+            self._audit(c, "eab.created", actor, key.kid, node=node.node_id if node else None,
+                        note=key.note or None, device=key.device_id,
+                        bootstrap_serial=key.bootstrap_serial)  # never the HMAC key
 
     def get_eab_key(self, kid: str) -> EabKey | None:
         r = self._one("SELECT * FROM eab_keys WHERE kid = ?", [kid])
@@ -446,10 +525,13 @@ class Store:
         kids = [r[0] for r in self.conn.execute("SELECT kid FROM eab_keys ORDER BY created_at")]
         return [k for k in (self.get_eab_key(kid) for kid in kids) if k]
 
-    def revoke_eab_key(self, kid: str) -> bool:
+    def revoke_eab_key(self, kid: str, *, actor: str = "server") -> bool:
         with self._tx() as c:
-            return c.execute("UPDATE eab_keys SET revoked = 1 WHERE kid = ? AND revoked = 0",
+            done = c.execute("UPDATE eab_keys SET revoked = 1 WHERE kid = ? AND revoked = 0",
                              (kid,)).rowcount == 1
+            if done:
+                self._audit(c, "eab.revoked", actor, kid)
+            return done
 
     # -- revocation feed ----------------------------------------------------------------
     # In-process observers of committed revocations (the feed wakes its long-polls); other
@@ -478,6 +560,57 @@ class Store:
                     "SELECT seq, serial, revoked_at, reason, not_after FROM revocation_events "
                     "WHERE seq > ? ORDER BY seq LIMIT ?", (seq, limit))]
 
+    # -- audit log (hash chain: server/store/audit.py) ----------------------------------
+    def _audit(self, c: sqlite3.Connection, event: str, actor: str, subject: str, *,
+               node: str | None = None, device_id: str | None = None, **detail: Any) -> int:
+        """Append one event inside the caller's transaction, so it commits with the change it
+        records or not at all. `device_id` names the node when `node` is not given."""
+        if node is None and device_id is not None:
+            row = c.execute("SELECT node_id FROM nodes WHERE device_id = ?",
+                            (device_id,)).fetchone()
+            node = row[0] if row else None
+        return self._append_audit(c, event, actor, subject, node,
+                                  {k: v for k, v in detail.items() if v is not None})
+
+    def _append_audit(self, c: sqlite3.Connection, event: str, actor: str, subject: str,
+                      node: str | None, detail: Mapping[str, Any]) -> int:
+        # The head is read under the write lock (BEGIN IMMEDIATE, or the writer's batch), so
+        # two writers (server, CLI) can never chain onto the same row. The next seq comes
+        # from sqlite_sequence too: after a deleted tail the gap stays visible.
+        head = c.execute("SELECT seq, hash FROM audit_log ORDER BY seq DESC LIMIT 1").fetchone()
+        top = c.execute("SELECT seq FROM sqlite_sequence WHERE name = 'audit_log'").fetchone()
+        seq = max(head[0] if head else 0, top[0] if top else 0) + 1
+        at = self.clock().isoformat(timespec="microseconds")
+        text = chain.canonical_detail(detail)
+        prev = head[1] if head else chain.GENESIS
+        rec = AuditRecord(seq, at, event, actor, subject, node, text, prev,
+                          chain.row_hash(seq, at, event, actor, subject, node, text, prev))
+        c.execute("INSERT INTO audit_log (seq, at, event, actor, subject, node, detail, prev_hash, "
+                  "hash) VALUES (?,?,?,?,?,?,?,?,?)",
+                  (rec.seq, rec.at, rec.event, rec.actor, rec.subject, rec.node, rec.detail,
+                   rec.prev_hash, rec.hash))
+        mirror = self.audit_mirror
+        if mirror is not None:
+            self._after_commit(lambda: chain.append_mirror(mirror, rec))
+        return seq
+
+    def audit(self, event: str, actor: str, subject: str = "",
+              detail: Mapping[str, Any] | None = None, *, node: str | None = None) -> int:
+        """A standalone event with no store change of its own (admin login, policy reload);
+        returns its seq. In the server: `await store.write(store.audit, "admin.login",
+        "admin:alice", "alice", {"from": ip})`."""
+        with self._tx() as c:
+            return self._append_audit(c, event, actor, subject, node, detail or {})
+
+    def audit_nowait(self, event: str, actor: str, subject: str = "",
+                     detail: Mapping[str, Any] | None = None, *, node: str | None = None) -> None:
+        """`audit` from synchronous code on the event loop (a SIGHUP handler): queued on the
+        writer thread instead of waiting for the write lock on the loop."""
+        if self._writer is None:
+            self.audit(event, actor, subject, detail, node=node)
+            return
+        fut = self._writer.post(self.audit, (event, actor, subject, detail), {"node": node})
+        fut.add_done_callback(_log_unwritten_audit)
 
     # -- devices (device-attest-01) ----------------------------------------------------
     @staticmethod
@@ -519,6 +652,10 @@ class Store:
                           (Status.VALID, _ts(when), challenge_id, Status.PROCESSING))
                 c.execute("UPDATE authzs SET status = ? WHERE id = ? AND status = ?",
                           (Status.VALID, evidence.authz_id, Status.PENDING))
+            self._audit_challenge(c, challenge_id, "challenge.valid" if approved
+                                  else "challenge.awaiting_approval", node=node.node_id,
+                                  device=node.device_id, manufacturer=node.manufacturer,
+                                  bootstrap_serial=node.bootstrap_serial)
 
     @staticmethod
     def _upsert_node(c: sqlite3.Connection, node: Node) -> None:
@@ -544,7 +681,7 @@ class Store:
                 for r in self.conn.execute(f"SELECT * FROM authz_evidence WHERE authz_id IN ({marks})",
                                            authz_ids)]
 
-    def approve_rejoin(self, device_id: str, when: datetime) -> int:
+    def approve_rejoin(self, device_id: str, when: datetime, *, actor: str = "server") -> int:
         """Validate the challenges waiting on this device's rejoin; returns how many."""
         with self._tx() as c:
             node = c.execute("SELECT pending_account_id FROM nodes WHERE device_id = ?",
@@ -561,40 +698,77 @@ class Store:
                           (Status.VALID, _ts(when), ch_id))
                 c.execute("UPDATE authzs SET status = ? WHERE id = ? AND status = ?",
                           (Status.VALID, authz_id, Status.PENDING))
+            if rows:
+                self._audit(c, "node.rejoin_approved", actor, device_id, device_id=device_id,
+                            account=node[0], authorizations=len(rows))
             return len(rows)
 
-    def set_node_status(self, device_id: str, status: str, when: datetime) -> bool:
+    def set_node_status(self, device_id: str, status: str, when: datetime, *,
+                        actor: str = "server") -> bool:
         with self._tx() as c:
-            return c.execute("UPDATE nodes SET status = ?, pending_account_id = NULL, updated_at = ? "
-                             "WHERE device_id = ?", (status, _ts(when), device_id)).rowcount == 1
+            old = c.execute("SELECT status FROM nodes WHERE device_id = ?", (device_id,)).fetchone()
+            done = c.execute("UPDATE nodes SET status = ?, pending_account_id = NULL, "
+                             "updated_at = ? WHERE device_id = ?",
+                             (status, _ts(when), device_id)).rowcount == 1
+            if done:
+                event = ("node.decommissioned" if status == NodeStatus.DECOMMISSIONED else
+                         "node.readmitted" if old[0] == NodeStatus.DECOMMISSIONED else
+                         "node.status_changed")
+                self._audit(c, event, actor, device_id, device_id=device_id,
+                            previous=old[0], status=status)
+            return done
 
     def valid_certificates_of_device(self, device_id: str) -> list[str]:
         return [r[0] for r in self.conn.execute(
             "SELECT serial FROM certificates WHERE device_id = ? AND status = ?",
             [device_id, Status.VALID])]
 
-    def set_node_owner(self, device_id: str, owner: str | None, when: datetime) -> bool:
+    def set_node_owner(self, device_id: str, owner: str | None, when: datetime, *,
+                       actor: str = "server") -> bool:
         with self._tx() as c:
-            return c.execute("UPDATE nodes SET owner = ?, updated_at = ? WHERE device_id = ?",
+            done = c.execute("UPDATE nodes SET owner = ?, updated_at = ? WHERE device_id = ?",
                              (owner, _ts(when), device_id)).rowcount == 1
+            if done:
+                self._audit(c, "node.owner_set", actor, device_id, device_id=device_id, owner=owner)
+            return done
 
-    def set_node_labels(self, device_id: str, labels: dict[str, str], when: datetime) -> bool:
+    def set_node_labels(self, device_id: str, labels: dict[str, str], when: datetime, *,
+                        actor: str = "server") -> bool:
+        """Labels feed gateway groups, so a change is access control: audited."""
         with self._tx() as c:
-            return c.execute("UPDATE nodes SET labels = ?, updated_at = ? WHERE device_id = ?",
+            done = c.execute("UPDATE nodes SET labels = ?, updated_at = ? WHERE device_id = ?",
                              (json.dumps(labels, sort_keys=True), _ts(when), device_id)).rowcount == 1
+            if done:
+                self._audit(c, "node.labels_set", actor, device_id, device_id=device_id,
+                            labels=labels)
+            return done
 
     def certificates_of_device(self, device_id: str) -> list[Certificate]:
         return [self._cert(r) for r in self.conn.execute(
             "SELECT * FROM certificates WHERE device_id = ? ORDER BY not_before DESC", [device_id])]
 
-    def deny_bootstrap(self, value: str, kind: str, note: str, when: datetime) -> bool:
+    def deny_bootstrap(self, value: str, kind: str, note: str, when: datetime, *,
+                       actor: str = "server") -> bool:
         with self._tx() as c:
-            return c.execute("INSERT OR IGNORE INTO bootstrap_denylist (value, kind, note, created_at) "
-                             "VALUES (?,?,?,?)", (value, kind, note, _ts(when))).rowcount == 1
+            done = c.execute("INSERT OR IGNORE INTO bootstrap_denylist (value, kind, note, "
+                             "created_at) VALUES (?,?,?,?)",
+                             (value, kind, note, _ts(when))).rowcount == 1
+            if done:
+                self._audit(c, "bootstrap.denied", actor, value,
+                            device_id=value if kind == "device" else None, kind=kind,
+                            note=note or None)
+            return done
 
-    def allow_bootstrap(self, value: str) -> bool:
+    def allow_bootstrap(self, value: str, *, actor: str = "server") -> bool:
         with self._tx() as c:
-            return c.execute("DELETE FROM bootstrap_denylist WHERE value = ?", (value,)).rowcount == 1
+            kind = c.execute("SELECT kind FROM bootstrap_denylist WHERE value = ?",
+                             (value,)).fetchone()
+            done = c.execute("DELETE FROM bootstrap_denylist WHERE value = ?",
+                             (value,)).rowcount == 1
+            if done:
+                self._audit(c, "bootstrap.allowed", actor, value,
+                            device_id=value if kind and kind[0] == "device" else None)
+            return done
 
     def denied_bootstrap(self, *values: str) -> str | None:
         """The first of `values` (device id, bootstrap serial) on the deny list."""
@@ -617,6 +791,11 @@ class RevocationEvent:
     revoked_at: str
     reason: int | None
     not_after: str
+
+
+def _log_unwritten_audit(fut: asyncio.Future[Any]) -> None:
+    if not fut.cancelled() and fut.exception() is not None:
+        logging.getLogger("nodetrust.audit").error("audit event not written: %s", fut.exception())
 
 
 class _Conflict(Exception):

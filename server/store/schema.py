@@ -90,10 +90,23 @@ def _v3(db: sqlite_utils.Database) -> None:
             db.execute(f"ALTER TABLE eab_keys ADD COLUMN {col} TEXT")
 
 
+def _v4(db: sqlite_utils.Database) -> None:
+    """The audit log: append-only, hash-chained (server/store/audit.py). Rows are appended in
+    the transaction of the change they record. AUTOINCREMENT so a deleted row's seq is never
+    handed out again: a gap is evidence. Idempotent for the same reason as _v2."""
+    db.execute("CREATE TABLE IF NOT EXISTS audit_log ("
+               "seq INTEGER PRIMARY KEY AUTOINCREMENT, at TEXT NOT NULL, event TEXT NOT NULL, "
+               "actor TEXT NOT NULL, subject TEXT NOT NULL, node TEXT, detail TEXT NOT NULL, "
+               "prev_hash TEXT NOT NULL, hash TEXT NOT NULL)")
+    db.execute("CREATE INDEX IF NOT EXISTS audit_log_node ON audit_log (node, seq)")
+    db.execute("CREATE INDEX IF NOT EXISTS audit_log_event ON audit_log (event, seq)")
+
+
 MIGRATIONS: list[tuple[int, Callable[[sqlite_utils.Database], None]]] = [
     (1, _v1),
     (2, _v2),
     (3, _v3),
+    (4, _v4),
 ]
 
 

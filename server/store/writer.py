@@ -36,9 +36,14 @@ class GroupCommitWriter:
 
     async def submit(self, fn: Callable[..., Any], args: tuple[Any, ...],
                      kwargs: dict[str, Any]) -> Any:
+        return await self.post(fn, args, kwargs)
+
+    def post(self, fn: Callable[..., Any], args: tuple[Any, ...],
+             kwargs: dict[str, Any]) -> asyncio.Future[Any]:
+        """Queue now (in call order, from the loop thread); the future resolves after commit."""
         fut: asyncio.Future[Any] = self._loop.create_future()
         self._jobs.put((fut, fn, args, kwargs))
-        return await fut
+        return fut
 
     def close(self) -> None:
         self._jobs.put(None)

@@ -425,6 +425,10 @@ hosts = {{ "*" = "127.0.0.1" }}
 demo_manufacturer = true
 roots_dir = "manufacturer-roots"
 bootstrap_listen = "127.0.0.1:{bootstrap_port}"
+
+[admin]
+listen = "127.0.0.1:{admin_port}"
+token_in_url = true   # headless Chromium logs in with /admin/login?token=... (tests only)
 """
 
 
@@ -433,7 +437,12 @@ class NodetrustServer(AcmeServer):
     command: list[str] = field(default_factory=list)
     data_dir: Path = Path()
     bootstrap_url: str = ""
+    admin_url: str = ""  # https://127.0.0.1:PORT: admin API, /metrics, dashboard at /admin/
     _proc: subprocess.Popen[bytes] | None = field(default=None, repr=False)
+
+    @property
+    def admin_token(self) -> str:
+        return (self.data_dir / "admin.token").read_text().strip()
 
     def launch(self) -> None:
         # Append, so a restart keeps the first run's log.
@@ -480,11 +489,12 @@ def start_nodetrust(workdir: Path, extra_config: str = "") -> Iterator[Nodetrust
     """
     workdir.mkdir(parents=True, exist_ok=True)
     data_dir = workdir / "data"
-    listen, http_port, tls_port, bootstrap_port = free_ports(4)
+    listen, http_port, tls_port, bootstrap_port, admin_port = free_ports(5)
     config_path = workdir / "nodetrust-e2e.toml"
     (workdir / "manufacturer-roots").mkdir(exist_ok=True)
     config_path.write_text(NODETRUST_CONFIG_TEMPLATE.format(
-        http_port=http_port, tls_port=tls_port, bootstrap_port=bootstrap_port) + extra_config)
+        http_port=http_port, tls_port=tls_port, bootstrap_port=bootstrap_port,
+        admin_port=admin_port) + extra_config)
     root = data_dir / "ca" / "root.pem"
     server = NodetrustServer(
         name="nodetrust",
@@ -498,6 +508,7 @@ def start_nodetrust(workdir: Path, extra_config: str = "") -> Iterator[Nodetrust
         command=nodetrust_command(data_dir, f"127.0.0.1:{listen}", config_path),
         data_dir=data_dir,
         bootstrap_url=f"https://127.0.0.1:{bootstrap_port}/bootstrap/eab",
+        admin_url=f"https://127.0.0.1:{admin_port}",
     )
     try:
         server.launch()

@@ -1,0 +1,1 @@
+"""The operators' HTTPS listener: admin API, /metrics, dashboard (`[admin] listen`)."""
