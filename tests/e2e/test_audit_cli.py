@@ -86,7 +86,7 @@ def test_sighup_reload_is_audited(server: NodetrustServer) -> None:
     deadline = time.monotonic() + 10
     while not cli_json(server, "audit", "list", "--event", "policy"):
         assert time.monotonic() < deadline, server.log_tail()
-        time.sleep(0.1)
+        time.sleep(0.1)  # wait-ok: polling another process for the reload
     (reload,) = cli_json(server, "audit", "list", "--event", "policy")
     assert reload["event"] == "policy.reloaded" and reload["actor"] == "server"
 
