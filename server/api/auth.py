@@ -5,6 +5,7 @@ Each route declares how it is authenticated (`jwk`, `kid` or `any`); handlers re
 """
 from __future__ import annotations
 
+import time
 from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Any
@@ -21,6 +22,9 @@ from server.models import Account, Status
 from server.store.repo import Store
 
 JOSE_CONTENT_TYPE = "application/jose+json"
+# Changes made through this process are seen at once (forget()); the TTL bounds how long a
+# change made elsewhere (another server process on the same database) can go unseen.
+ACCOUNT_CACHE_SECONDS = 2.0
 
 
 @dataclass(frozen=True)
@@ -59,8 +63,9 @@ class RequestVerifier:
     def __init__(self, store: Store, nonces: NonceStore, links: Links, *,
                  key_cache_size: int = 10_000) -> None:
         self.store, self.nonces, self.links = store, nonces, links
-        # account id -> (thumbprint, key): parsing a JWK costs more than verifying with it.
-        self._keys: OrderedDict[str, tuple[str, PublicKey]] = OrderedDict()
+        # account id -> (account, key, fresh until): every request is signed by an account,
+        # and reading it plus parsing its JWK cost more than verifying the signature.
+        self._accounts: OrderedDict[str, tuple[Account, PublicKey, float]] = OrderedDict()
         self._key_cache_size = key_cache_size
 
     async def verify(self, request: web.Request, mode: str) -> VerifiedRequest:
@@ -101,15 +106,23 @@ class RequestVerifier:
 
     def _account_key(self, kid: Any) -> tuple[Account, PublicKey]:
         account_id = self.links.account_id_from_url(kid) if isinstance(kid, str) else None
-        account = self.store.get_account(account_id) if account_id else None
-        if account is None:
-            raise AcmeProblem("accountDoesNotExist", f"no account at {kid!r}", status=400)
+        now = time.monotonic()
+        cached = self._accounts.get(account_id) if account_id else None
+        if cached is None or cached[2] <= now:
+            account = self.store.get_account(account_id) if account_id else None
+            if account is None:
+                raise AcmeProblem("accountDoesNotExist", f"no account at {kid!r}", status=400)
+            key = (cached[1] if cached is not None and cached[0].thumbprint == account.thumbprint
+                   else key_from_jwk(account.jwk))
+            cached = (account, key, now + ACCOUNT_CACHE_SECONDS)
+            self._accounts[account.id] = cached
+            while len(self._accounts) > self._key_cache_size:
+                self._accounts.popitem(last=False)
+        account, key, _ = cached
         if account.status != Status.VALID:
             raise unauthorized(f"the account is {account.status}")
-        cached = self._keys.get(account.id)
-        if cached is None or cached[0] != account.thumbprint:
-            cached = (account.thumbprint, key_from_jwk(account.jwk))
-            self._keys[account.id] = cached
-            while len(self._keys) > self._key_cache_size:
-                self._keys.popitem(last=False)
-        return account, cached[1]
+        return account, key
+
+    def forget(self, account_id: str) -> None:
+        """Drop a cached account after this process changed it (update, key change)."""
+        self._accounts.pop(account_id, None)

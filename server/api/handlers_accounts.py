@@ -37,6 +37,7 @@ async def account(ctx: ApiContext, request: web.Request, vr: VerifiedRequest) ->
     acct = vr.require_account()
     if not vr.is_post_as_get:
         acct = await ctx.accounts.update(acct, vr.payload())
+        ctx.verifier.forget(acct.id)
     return json_response(render.account(acct, ctx.links), location=ctx.links.account(acct.id))
 
 
@@ -56,6 +57,9 @@ async def key_change(ctx: ApiContext, request: web.Request, vr: VerifiedRequest)
     acct = vr.require_account()
     if vr.is_post_as_get:
         raise malformed("keyChange needs an inner JWS as payload")
-    updated = await ctx.accounts.key_change(acct, vr.url, ctx.links.account(acct.id), vr.jws.payload,
-                                      url_of=ctx.links.account)
+    try:
+        updated = await ctx.accounts.key_change(acct, vr.url, ctx.links.account(acct.id),
+                                                vr.jws.payload, url_of=ctx.links.account)
+    finally:
+        ctx.verifier.forget(acct.id)
     return json_response(render.account(updated, ctx.links), location=ctx.links.account(acct.id))

@@ -54,13 +54,14 @@ class IssuanceService:
             error = {"type": "urn:ietf:params:acme:error:malformed",
                      "detail": f"the order's notAfter {not_after.isoformat()} has passed"}
             await self.d.store.write(self.d.store.set_order_status, order.id, Status.INVALID,
-                                     expect=Status.READY, error=error)
+                                     expect=(Status.PENDING, Status.READY), error=error)
             raise malformed(error["detail"] + "; place a new order")
         plan = self.devices.plan(order) if self.devices is not None else None
         checked = self._check_device(order, csr_der, plan) if plan else self._check(
             account, order, csr_der)
         if not await self.d.store.write(self.d.store.set_order_status, order.id,
-                                        Status.PROCESSING, expect=Status.READY, csr_der=csr_der):
+                                        Status.PROCESSING, expect=(Status.PENDING, Status.READY),
+                                        csr_der=csr_der):
             raise AcmeProblem("orderNotReady", "the order is being finalized already", status=403)
         return await self._issue(order, checked, plan, started=started)
 

@@ -137,6 +137,8 @@ class OrderService:
                       authz_ids=authz_ids, expires=min(order_expires, authz_expires), profile=profile,
                       not_before=not_before, not_after=not_after, replaces=replaces, created_at=now)
         await self.d.store.write(self.d.store.insert_order, order, new_authzs, evidence)
+        if len(new_authzs) == len(authz_ids) and not evidence:
+            return order  # every authorization is new and pending: nothing to derive
         return await self.refresh(order)
 
     def _is_bound_identifier(self, key: EabKey, ident: Identifier) -> bool:
@@ -217,8 +219,13 @@ class OrderService:
             elif (order.status == Status.PENDING and len(authzs) == len(order.authz_ids)
                   and all(a.status == Status.VALID for a in authzs)):
                 new_status = Status.READY
-        if new_status != order.status:
-            if await self.d.store.write(self.d.store.set_order_status, order.id, new_status, expect=order.status, error=error):
+        if new_status == Status.READY:
+            # Derived on every read, never stored: finalize checks the authorizations again
+            # and moves pending|ready -> processing itself (one write fewer per order).
+            order.status = new_status
+        elif new_status != order.status:
+            if await self.d.store.write(self.d.store.set_order_status, order.id, new_status,
+                                        expect=order.status, error=error):
                 order.status, order.error = new_status, error
             else:
                 fresh = self.d.store.get_order(order.id)

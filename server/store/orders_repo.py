@@ -69,14 +69,16 @@ class OrdersRepo:
         params.append(limit)
         return [f"{r['created_at']}|{r['id']}" for r in self.conn.execute(sql, params)]
 
-    def set_order_status(self, order_id: str, status: str, *, expect: str,
+    def set_order_status(self, order_id: str, status: str, *, expect: str | tuple[str, ...],
                          error: dict[str, Any] | None = None, csr_der: bytes | None = None) -> bool:
-        """Compare-and-set: only moves an order that is still in `expect`."""
+        """Compare-and-set: only moves an order that is still in (one of) `expect`."""
+        expected = (expect,) if isinstance(expect, str) else expect
+        marks = ",".join("?" * len(expected))
         with self._tx() as c:
             n = c.execute("UPDATE orders SET status = ?, error = COALESCE(?, error), "
-                          "csr_der = COALESCE(?, csr_der) WHERE id = ? AND status = ?",
+                          f"csr_der = COALESCE(?, csr_der) WHERE id = ? AND status IN ({marks})",
                           (status, json.dumps(error) if error else None, csr_der, order_id,
-                           expect)).rowcount
+                           *expected)).rowcount
         return n == 1
 
     def orders_processing(self) -> list[Order]:
