@@ -40,6 +40,9 @@ class BenchOptions:
     challenge: str = "http-01"  # or "device-attest-01" (nodetrust only; needs a DeviceFleet)
 
 
+_PIN_SPLIT: tuple[int, int] | None = None  # (server cpu, client cpu), kept across runs
+
+
 def log(message: str) -> None:
     print(message, file=sys.stderr, flush=True)
 
@@ -53,8 +56,11 @@ async def run_bench(opts: BenchOptions, fleet: DeviceFleet | None = None) -> lis
     client_cpu: int | None = None
     pinned = "no"
     if opts.pin_cores:
-        if can_pin():
-            server_cpu, client_cpu = cpu_split()
+        global _PIN_SPLIT
+        if _PIN_SPLIT is None and can_pin():
+            _PIN_SPLIT = cpu_split()  # once: after pin_self we see only our own core
+        if _PIN_SPLIT is not None:
+            server_cpu, client_cpu = _PIN_SPLIT
             pin_self(client_cpu)  # before any thread exists, so every thread inherits it
             pinned = f"server cpu {server_cpu}, load generator cpu {client_cpu}"
         else:
