@@ -9,11 +9,11 @@ import fnmatch
 import ipaddress
 import re
 
+from nodetrust.challenges import PERMANENT_IDENTIFIER
 from server.config import IdentifierPolicy
 from server.errors import AcmeProblem
 from server.models import Identifier
 
-PERMANENT_IDENTIFIER = "permanent-identifier"
 _LABEL = re.compile(r"^(?!-)[a-z0-9-]{1,63}(?<!-)$")
 
 

@@ -8,9 +8,17 @@ import json
 import re
 from typing import Any, Callable
 
-from server.jws import (ParsedJWS, b64d, key_from_jwk, parse_jws, payload_json,
-                             public_jwk, thumbprint, verify_signature)
 from server.errors import AcmeProblem, malformed, unauthorized
+from server.jws import (
+    ParsedJWS,
+    b64d,
+    key_from_jwk,
+    parse_jws,
+    payload_json,
+    public_jwk,
+    thumbprint,
+    verify_signature,
+)
 from server.models import Account, Status
 from server.ra.deps import Deps, new_id
 

@@ -12,10 +12,19 @@ from typing import Any
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
+from nodetrust.challenges import DEVICE_ATTEST_01, PERMANENT_IDENTIFIER
 from server.errors import AcmeProblem, ValidationFailure
 from server.identity import NodeIdentity, device_id_of, node_identity
-from server.models import (Account, Authorization, AuthzEvidence, Challenge, EabKey, Node,
-                           NodeStatus, Order)
+from server.models import (
+    Account,
+    Authorization,
+    AuthzEvidence,
+    Challenge,
+    EabKey,
+    Node,
+    NodeStatus,
+    Order,
+)
 from server.ra.deps import Deps
 from server.va.attest.chains import ManufacturerTrust, TrustLoadError, load_trust
 from server.va.attest.errors import BAD_ATTESTATION, attestation_failure
@@ -24,8 +33,7 @@ from server.va.attest.verify import BootstrapEvidence, decode_att_obj, verify_at
 
 log = logging.getLogger("nodetrust.devices")
 
-DEVICE_ATTEST_01 = "device-attest-01"
-DEVICE_IDENTIFIER_TYPES = ("permanent-identifier",)
+DEVICE_IDENTIFIER_TYPES = (PERMANENT_IDENTIFIER,)
 
 
 @dataclass(frozen=True)

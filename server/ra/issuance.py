@@ -13,16 +13,14 @@ import time
 from datetime import datetime
 from typing import Any
 
-from cryptography import x509
-
 from server.ca import CAError, IssuedCertificate
 from server.csr import CheckedCSR, check_csr
-from server.ra.devices import DevicePlan, DeviceService
 from server.errors import AcmeProblem, malformed
 from server.jws import b64d, jwk_of_public_key, thumbprint
 from server.models import Account, Certificate, Identifier, Order, Status
 from server.ra.ari import make_cert_id
 from server.ra.deps import Deps
+from server.ra.devices import DevicePlan, DeviceService
 
 log = logging.getLogger("nodetrust.ra")
 

@@ -12,16 +12,24 @@ import secrets
 from datetime import datetime, timedelta
 from typing import Any
 
-from server.errors import (ACME_ERROR_PREFIX, AcmeProblem, ValidationFailure, malformed,
-                           unauthorized)
-from server.jws import b64e
+from nodetrust.challenges import DEVICE_ATTEST_01, PERMANENT_IDENTIFIER
+from server.errors import ACME_ERROR_PREFIX, AcmeProblem, ValidationFailure, malformed, unauthorized
 from server.identity import node_identity
-from server.models import (Account, Authorization, AuthzEvidence, Challenge, EabKey, Identifier,
-                           Order, Status)
+from server.jws import b64e
+from server.models import (
+    Account,
+    Authorization,
+    AuthzEvidence,
+    Challenge,
+    EabKey,
+    Identifier,
+    Order,
+    Status,
+)
 from server.policy import check_identifiers
 from server.ra.ari import parse_cert_id
 from server.ra.deps import Deps, new_id
-from server.ra.devices import DEVICE_ATTEST_01, DeviceService
+from server.ra.devices import DeviceService
 from server.va.registry import ChallengeValidators
 
 log = logging.getLogger("nodetrust.ra")
@@ -143,7 +151,7 @@ class OrderService:
 
     def _is_bound_identifier(self, key: EabKey, ident: Identifier) -> bool:
         assert self.devices is not None and key.device_id is not None
-        if ident.type == "permanent-identifier":
+        if ident.type == PERMANENT_IDENTIFIER:
             return ident.value == key.device_id
         return ident.type == "dns" and ident.value == node_identity(
             key.device_id, self.d.cfg.identity).dns_name
