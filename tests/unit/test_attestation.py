@@ -147,3 +147,17 @@ def test_node_identity_templates() -> None:
     assert ident.node_id == "sn-ab-12-x"
     assert ident.dns_name == "sn-ab-12-x.nodes.nodetrust.internal"
     assert ident.spiffe_id == "spiffe://nodetrust.internal/node/sn-ab-12-x"
+
+
+def test_ps256_statement(maker: Any, trust: ManufacturerTrust) -> None:
+    from cryptography.hazmat.primitives.asymmetric import padding
+
+    cert, key = issue_bootstrap("SN-PSS", *maker, key_type="rsa-2048")
+    sig = key.sign(KEY_AUTHZ.encode(), padding.PSS(mgf=padding.MGF1(hashes.SHA256()),
+                                                   salt_length=padding.PSS.DIGEST_LENGTH),
+                   hashes.SHA256())
+    att = _att({"fmt": "packed", "attStmt": {"alg": -37, "sig": sig, "x5c": [der(cert)]}})
+    assert verify_attestation(att, KEY_AUTHZ, trust, NOW).device_id == "SN-PSS"
+    # The same signature presented as RS256 (PKCS#1 v1.5) must not verify.
+    bad = _att({"fmt": "packed", "attStmt": {"alg": -257, "sig": sig, "x5c": [der(cert)]}})
+    assert failure(bad, trust).startswith("signature mismatch")
