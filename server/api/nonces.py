@@ -20,9 +20,14 @@ class NonceStore:
         self._clock = clock
         # Insertion order == expiry order (one TTL for all), so the oldest is always first.
         self._live: OrderedDict[str, float] = OrderedDict()
+        self._pool: list[bytes] = []
 
     def issue(self) -> str:
-        nonce = base64.urlsafe_b64encode(secrets.token_bytes(16)).rstrip(b"=").decode()
+        if not self._pool:
+            # One getrandom() call per 256 nonces: a syscall per response showed in profiles.
+            raw = secrets.token_bytes(16 * 256)
+            self._pool = [raw[i:i + 16] for i in range(0, len(raw), 16)]
+        nonce = base64.urlsafe_b64encode(self._pool.pop()).rstrip(b"=").decode()
         now = self._clock()
         self._live[nonce] = now + self._ttl
         self._evict(now)

@@ -84,7 +84,7 @@ class Http01Validator:
                 reply = await self._get(url, host)
             if reply.status in _REDIRECT_STATUSES and reply.location is not None:
                 url = self._redirect_target(identifier, url, reply.location)
-                host = _host_header(url.host or "") + (
+                host = _host_header(url.raw_host or "") + (
                     "" if url.is_default_port() else f":{url.port}")
                 continue
             if reply.status != 200:
@@ -100,7 +100,7 @@ class Http01Validator:
         except ValueError:
             raise ValidationFailure("connection", f"{identifier}: Invalid redirect from {current} "
                                                   f"to {location[:_SHOWN]!r}") from None
-        if target.scheme not in ("http", "https") or not target.host:
+        if target.scheme not in ("http", "https") or not target.raw_host:
             raise ValidationFailure("connection", f"{identifier}: Invalid redirect target "
                                                   f"{target}: only http and https are followed")
         # Boulder's rule: only the two validation ports, whichever the scheme.
@@ -112,14 +112,14 @@ class Http01Validator:
         return target
 
     async def _get(self, url: URL, host_header: str) -> _Reply:
-        assert url.host is not None and url.port is not None
+        assert url.raw_host is not None and url.port is not None
         https = url.scheme == "https"
         last: OSError | None = None
-        for addr in await resolve(url.host, self.settings):
+        for addr in await resolve(url.raw_host, self.settings):
             try:
                 reader, writer = await asyncio.open_connection(
                     addr, url.port, ssl=self._tls if https else None,
-                    server_hostname=(None if ip_literal(url.host) else url.host) if https else None)
+                    server_hostname=(None if ip_literal(url.raw_host) else url.raw_host) if https else None)
                 break
             except OSError as exc:  # try the next address, as a dialer would
                 last = exc
