@@ -131,7 +131,8 @@ async def _worker(cfg: GatewayConfig, policy: Policy, token: str, block: SharedB
     except OSError as e:
         print(f"nodetrust-gateway: cannot listen: {e.strerror or e}", file=sys.stderr)
         return 1
-    feed = FeedClient(state, feed_url=cfg.feed_url, token=token, ca_file=cfg.feed_ca)
+    feed = FeedClient(state, feed_url=cfg.feed_url, token=token, ca_file=cfg.feed_ca,
+                      on_labels=authz.set_node_labels)
     feed_task = asyncio.create_task(feed.run(), name="revocation-feed")
     reloader = PolicyReloader(cfg.policy_file, authz, metrics,
                               policy_only=cfg.policy_file != cfg.source,

@@ -74,7 +74,8 @@ class FeedClient:
 
     def __init__(self, state: RevocationState, *, feed_url: str, token: str, ca_file: Path,
                  wait: float = 10.0, backoff_max: float = 2.0,
-                 clock: Clock = time.monotonic) -> None:
+                 clock: Clock = time.monotonic,
+                 on_labels: Callable[[dict[str, list[str]]], None] | None = None) -> None:
         self.state, self.feed_url, self.ca_file = state, feed_url, ca_file
         self._token = token.strip()
         # An idle feed answers every `wait` s and that is what keeps us fresh: a hold longer
@@ -85,6 +86,9 @@ class FeedClient:
                         wait, self.wait, state.max_staleness)
         self.backoff_max = max(backoff_max, self.BACKOFF_MIN)
         self._clock = clock
+        # node id -> labels known to the server, pushed to the route policy when they change
+        self.on_labels = on_labels
+        self._labels_version: str | None = None
         self.answers = 0  # successful answers
         self.errors = 0  # failed polls (connection, TLS, HTTP status, bad body)
         self.last_error = ""
@@ -152,9 +156,27 @@ class FeedClient:
                 raise FeedError(f"HTTP {resp.status}: {(await resp.text())[:200]}")
             body = await resp.json(content_type=None)
         self._apply(body, since)
+        version = body.get("labels_version")
+        if (self.on_labels is not None and isinstance(version, str)
+                and version != self._labels_version):
+            await self._fetch_labels(session)
+            self._labels_version = version
         self.answers += 1
         self._signal()
         return bool(body.get("more", False))
+
+    async def _fetch_labels(self, session: aiohttp.ClientSession) -> None:
+        url = self.feed_url.rsplit("/", 1)[0] + "/labels"
+        async with session.get(url) as resp:
+            if resp.status != 200:
+                raise FeedError(f"labels: HTTP {resp.status}: {(await resp.text())[:200]}")
+            body = await resp.json(content_type=None)
+        labels = body["labels"]
+        if not isinstance(labels, dict):
+            raise FeedError("labels: expected an object of node id -> labels")
+        assert self.on_labels is not None
+        self.on_labels({str(k): [str(x) for x in v] for k, v in labels.items()})
+        log.info("node labels from the server: %d node(s)", len(labels))
 
     def _apply(self, body: dict[str, Any], since: int) -> None:
         events = body["events"]

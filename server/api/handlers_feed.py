@@ -40,6 +40,19 @@ async def revocations(request: web.Request) -> web.Response:
     if not page.events and wait > 0:
         await feed.wait_for_change(since, wait)
         page = feed.page(since)
-    resp = json_response(page.to_json())
+    body = page.to_json()
+    # Gateways re-fetch /feed/labels when this changes (route groups by node label).
+    body["labels_version"] = feed.store.labels_version()
+    resp = json_response(body)
+    resp.headers["Cache-Control"] = "no-store"
+    return resp
+
+
+async def labels(request: web.Request) -> web.Response:
+    """GET /feed/labels: node id -> ["key=value", ...] for active nodes, for route policy."""
+    feed = request.app[FEED]
+    feed.check_authorization(request.headers.get("Authorization"))
+    resp = json_response({"version": feed.store.labels_version(),
+                          "labels": feed.store.node_labels()})
     resp.headers["Cache-Control"] = "no-store"
     return resp

@@ -59,3 +59,4 @@ def add_routes(app: web.Application) -> None:
     r.add_get(PREFIX + "/root", _get(certs.root_certificate))
     r.add_get("/crl/intermediate.crl", _get(certs.CrlCache().handler))
     r.add_get("/feed/revocations", feed.revocations, allow_head=False)
+    r.add_get("/feed/labels", feed.labels, allow_head=False)

@@ -146,6 +146,19 @@ class DevicesRepo:
         return [self._cert(r) for r in self.conn.execute(
             "SELECT * FROM certificates WHERE device_id = ? ORDER BY not_before DESC", [device_id])]
 
+    def labels_version(self) -> str:
+        """Changes whenever any node's labels (or nodes) change: gateways re-fetch then."""
+        row = self._one("SELECT COUNT(*), COALESCE(MAX(updated_at), '') FROM nodes")
+        return f"{row[0]}:{row[1]}" if row else "0:"
+
+    def node_labels(self) -> dict[str, list[str]]:
+        """node id -> ["key=value", ...] for active nodes with labels (gateway route groups)."""
+        out: dict[str, list[str]] = {}
+        for r in self.conn.execute("SELECT node_id, labels FROM nodes WHERE status = ? AND "
+                                   "labels != '{}'", [NodeStatus.ACTIVE]):
+            out[r[0]] = sorted(f"{k}={v}" for k, v in json.loads(r[1]).items())
+        return out
+
     def deny_bootstrap(self, value: str, kind: str, note: str, when: datetime, *,
                        actor: str = "server") -> bool:
         with self._tx() as c:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import AsyncIterator
 
@@ -177,3 +177,37 @@ async def test_client_waits_for_a_ca_file_that_appears_later(
         task.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await task
+
+
+async def test_node_labels_reach_the_route_policy_and_follow_changes(server: NodetrustTls) -> None:
+    from server.models import Node, NodeStatus
+
+    now = datetime.now(timezone.utc)
+    store = Store(server.cfg.db_path)  # the operator's CLI, in effect
+    try:
+        node = Node(device_id="SN-L1", node_id="sn-l1", manufacturer="acme", bootstrap_serial="1",
+                    bootstrap_spki="00", dns_name="sn-l1.nodes.nodetrust.internal",
+                    spiffe_id="spiffe://nodetrust.internal/node/sn-l1",
+                    status=NodeStatus.PENDING, created_at=now, updated_at=now)
+        with store._tx() as c:
+            store._upsert_node(c, node)
+        store.set_node_status("SN-L1", NodeStatus.ACTIVE, now)
+        store.set_node_labels("SN-L1", {"role": "gateway", "site": "lyon"}, now)
+        pushed: list[dict[str, list[str]]] = []
+        state = RevocationState(max_staleness=30)
+        client = FeedClient(state, feed_url=server.feed_url, token=server.token,
+                            ca_file=server.root, wait=0.5, backoff_max=0.5,
+                            on_labels=pushed.append)
+        task = asyncio.create_task(client.run())
+        try:
+            await client.wait_for(lambda: bool(pushed), DEADLINE)
+            assert pushed[-1] == {"sn-l1": ["role=gateway", "site=lyon"]}
+            store.set_node_labels("SN-L1", {"role": "sensor"},
+                                  datetime.now(timezone.utc) + timedelta(seconds=1))
+            await client.wait_for(lambda: pushed[-1] == {"sn-l1": ["role=sensor"]}, DEADLINE)
+        finally:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+    finally:
+        store.close()
