@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import httptools
 
-__all__ = ["Head", "normalize_host", "normalize_target", "response_head", "scan_headers"]
+__all__ = ["Head", "normalize_host", "normalize_target", "normalize_target_cached",
+           "response_head", "scan_headers"]
 
 HOP_BY_HOP = frozenset((b"connection", b"keep-alive", b"te", b"trailer", b"transfer-encoding",
                         b"upgrade"))
@@ -40,7 +41,8 @@ class Head:
     """
 
     __slots__ = ("chunked", "connection", "content_length", "drop", "duplicate_host",
-                 "expect_continue", "host", "limit", "lines", "prefixes", "size", "upgrade")
+                 "expect_continue", "host", "limit", "lines", "prefixes", "size",
+                 "transfer_encoding", "upgrade")
 
     def __init__(self, drop: frozenset[bytes], prefixes: tuple[bytes, ...],
                  limit: int = 1 << 20) -> None:
@@ -53,6 +55,7 @@ class Head:
         self.upgrade: bytes | None = None    # lower-cased Upgrade value
         self.connection: set[bytes] | None = None  # lower-cased Connection tokens
         self.chunked = self.content_length = self.duplicate_host = False
+        self.transfer_encoding = False  # any Transfer-Encoding field (chunked or not)
         self.expect_continue = False
         self.size = 0
 
@@ -74,6 +77,7 @@ class Head:
         elif kind == _EXPECT:
             self.expect_continue = value.strip().lower() == b"100-continue"
         elif kind == _TE:
+            self.transfer_encoding = True
             self.chunked = value.rsplit(b",", 1)[-1].strip().lower() == b"chunked"
             return
         elif kind == _CONNECTION:
@@ -84,6 +88,16 @@ class Head:
             self.upgrade = value.strip().lower()
             return
         self.lines.append(name + b": " + value + b"\r\n")
+
+    def add_block(self, block: bytes) -> None:
+        """All fields of a head at once, exactly as received: `name:value` lines, each ending in
+        CRLF. Only for bytes llhttp has accepted as a head (no obs-fold, no bare LF, no space
+        before the colon), so this sees the same (name, value) pairs its callbacks would: the
+        name up to the colon, the value with its leading whitespace stripped."""
+        for line in block.split(b"\r\n"):
+            if line:
+                name, _, value = line.partition(b":")
+                self.add(name, value.lstrip(b" \t"))
 
     def finish(self) -> bool:
         """Apply Connection-named removals; False if the message is malformed."""
@@ -104,6 +118,25 @@ def scan_headers(raw: list[tuple[bytes, bytes]], drop: frozenset[bytes],
     for name, value in raw:
         h.add(name, value)
     return h if h.finish() else None
+
+
+_TARGETS: dict[bytes, tuple[str, bytes, bytes | None] | None] = {}
+_TARGETS_MAX, _TARGET_CACHED_LEN = 4096, 512
+
+
+def normalize_target_cached(target: bytes) -> tuple[str, bytes, bytes | None] | None:
+    """`normalize_target`, remembered for short targets (clients repeat their URLs); bounded:
+    a scan of many distinct URLs only ever holds 4096 of them."""
+    try:
+        return _TARGETS[target]
+    except KeyError:
+        pass
+    result = normalize_target(target)
+    if len(target) <= _TARGET_CACHED_LEN:
+        if len(_TARGETS) >= _TARGETS_MAX:
+            _TARGETS.clear()
+        _TARGETS[target] = result
+    return result
 
 
 def normalize_host(host: bytes) -> str:
@@ -184,8 +217,16 @@ def _normalize_path(path: bytes) -> bytes | None:
     return b"/" + b"/".join(segments)
 
 
+_STATUS_LINES: dict[tuple[bytes, int, bytes], bytes] = {}
+
+
 def response_head(version: bytes, status: int, reason: bytes, lines: list[bytes],
                   framing: bytes) -> bytes:
     """Status line + kept fields + framing/connection fields + blank line."""
-    return b"".join((version, b" ", str(status).encode(), b" ", reason, b"\r\n",
-                     *lines, framing, b"\r\n"))
+    key = (version, status, reason)
+    status_line = _STATUS_LINES.get(key)
+    if status_line is None:
+        status_line = b"%s %d %s\r\n" % key
+        if len(_STATUS_LINES) < 1024 and len(reason) <= 64:  # bounded: reasons are few
+            _STATUS_LINES[key] = status_line
+    return b"".join((status_line, *lines, framing, b"\r\n"))

@@ -25,7 +25,7 @@ UPSTREAM_ERRORS = ("connect", "timeout", "reset")
 
 # Slot layout of one worker's block.
 _NAMES = (["heartbeat", "fresh", "feed_lag", "feed_age", "connections", "allowed", "refused",
-           "reload_ok", "reload_error", "lat_sum", "lat_count"]
+           "reload_ok", "reload_error", "lat_sum", "lat_count", "tls_full", "tls_resumed"]
           + [f"reason_{r}" for r in REASONS] + [f"upstream_{e}" for e in UPSTREAM_ERRORS]
           + [f"lat_{i}" for i in range(len(LATENCY_BUCKETS) + 1)])
 _SLOT = {name: i for i, name in enumerate(_NAMES)}
@@ -90,6 +90,9 @@ class Metrics:
         self._a[self._refused] += 1.0
         self._a[self._reason[reason]] += 1.0
 
+    def handshake(self, resumed: bool) -> None:
+        self._a[self._base + (_SLOT["tls_resumed"] if resumed else _SLOT["tls_full"])] += 1.0
+
     def upstream_error(self, kind: str) -> None:
         self._a[self._upstream[kind]] += 1.0
 
@@ -152,6 +155,11 @@ def render(block: SharedBlock) -> str:
         "# HELP nodetrust_gateway_connections Open client connections.",
         "# TYPE nodetrust_gateway_connections gauge",
         f"nodetrust_gateway_connections {t('connections'):.0f}",
+        ("# HELP nodetrust_gateway_tls_handshakes_total Client TLS handshakes completed, full or "
+         "resumed (session ticket); either way every request is checked."),
+        "# TYPE nodetrust_gateway_tls_handshakes_total counter",
+        f'nodetrust_gateway_tls_handshakes_total{{resumed="false"}} {t("tls_full"):.0f}',
+        f'nodetrust_gateway_tls_handshakes_total{{resumed="true"}} {t("tls_resumed"):.0f}',
         "# HELP nodetrust_gateway_policy_reloads_total Policy reloads by result.",
         "# TYPE nodetrust_gateway_policy_reloads_total counter",
         f'nodetrust_gateway_policy_reloads_total{{result="ok"}} {t("reload_ok"):.0f}',

@@ -14,7 +14,7 @@ from gateway.config import GatewayConfig
 from gateway.http1 import REQUEST_DROP
 from gateway.identity import IdentityCache
 from gateway.metrics import Metrics
-from gateway.proxy import ClientConn
+from gateway.proxy import READ_BUFFER, ClientConn
 from gateway.upstream import UpstreamPool
 
 __all__ = ["Gateway"]
@@ -40,6 +40,7 @@ class Gateway:
         self.identities = IdentityCache()
         self.pool = UpstreamPool(self, cfg.upstream_host, cfg.upstream_port)
         self.connections: set[ClientConn] = set()
+        self.read_buffer = memoryview(bytearray(READ_BUFFER))  # every ClientConn reads into it
         self.stopping = False
         self._server: asyncio.Server | None = None
         self._tick_handle: asyncio.TimerHandle | None = None

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import socket
-from collections.abc import Callable
 from typing import TYPE_CHECKING, cast
 
 import httptools
@@ -25,20 +24,31 @@ __all__ = ["UpstreamConn", "UpstreamPool"]
 
 # How the response body travels to the client.
 BODY_NONE, BODY_RAW, BODY_CHUNKED = 0, 1, 2
+HEAD_LIMIT = 1 << 20  # response head bytes (status line + fields); larger -> 502
+_CLOSE_FIELD = b"connection: close\r\n"
+_KEEP_ALIVE_FIELD = b"connection: keep-alive\r\n"
 
 
 class UpstreamConn(asyncio.Protocol):
     def __init__(self, pool: UpstreamPool) -> None:
         self.pool = pool
         self.transport: asyncio.Transport | None = None
-        self._head = Head(HOP_BY_HOP, RESPONSE_DROP_PREFIXES)
-        self.on_header: Callable[[bytes, bytes], None] = self._head.add  # before the parser
+        # No per-field callbacks: the head is read from the raw bytes once llhttp has accepted
+        # it (on_headers_complete), and an upstream repeats its heads, so the sorted result of
+        # the last one is kept and reused when the next is byte-identical (a Date field
+        # changes once a second): a warm response head costs one bytes comparison.
         self.parser = httptools.HttpResponseParser(self)
+        self._hb = b""             # response bytes from the start of the current head
+        self._hb_pos = 0           # where the current head starts in _hb (after interim heads)
+        self._in_head = False      # still collecting bytes for a head
+        self._memo_block: bytes | None = None
+        self._memo_reason = b""
+        self._memo_head: Head | None = None
+        self._memo_out: tuple[int, bytes, bytes] | None = None  # (status, framing, head out)
         self.ex: Exchange | None = None
         self.spliced = False
         self.reused = False
         self.idle_since = 0.0
-        self._reason = b""
         self._received = False    # any response byte for the current exchange
         self._complete = False    # message complete seen inside feed_data
         self._head_only = False   # HEAD/204/304: the parser must not wait for a body
@@ -69,6 +79,11 @@ class UpstreamConn(asyncio.Protocol):
             ex.client.write(data)
             return
         self._received = True
+        if self._in_head:
+            hb = self._hb = self._hb + data if self._hb else data
+            if len(hb) - self._hb_pos > HEAD_LIMIT:
+                self._broken("reset")
+                return
         try:
             self.parser.feed_data(data)
         except httptools.HttpParserUpgrade as e:
@@ -82,14 +97,14 @@ class UpstreamConn(asyncio.Protocol):
         except httptools.HttpParserError:
             self._broken("reset")
             return
-        if self._out:
-            self._flush(ex)
         if self._head_only:  # the parser may still expect a body it will never get
             self.parser = httptools.HttpResponseParser(self)
             self._complete, self._head_only = True, False
         if self._complete:
             self._complete = False
-            self._finish()
+            self._finish()  # writes what this read produced, head to end, in one go
+        elif self._out:
+            self._flush(ex)
 
     def eof_received(self) -> bool | None:
         return False  # close our side too; connection_lost does the bookkeeping
@@ -132,6 +147,7 @@ class UpstreamConn(asyncio.Protocol):
         self.ex, self.reused, ex.upstream = ex, reused, self
         self._received = self._complete = self._head_only = self._until_close = False
         self._interim, self._mode = False, BODY_NONE
+        self._hb, self._hb_pos, self._in_head = b"", 0, True
         ex.t_sent = self.pool.loop.time()
         self.transport.write(ex.head)
         self.transport.resume_reading()  # no-op unless a slow client had paused it
@@ -163,24 +179,38 @@ class UpstreamConn(asyncio.Protocol):
 
     # --- response parser callbacks ---------------------------------------------------------------
 
-    def on_status(self, reason: bytes) -> None:
-        self._reason = reason
-
-    def on_message_begin(self) -> None:
-        self._head.reset()
+    def _read_head(self) -> tuple[bytes, Head]:
+        """(reason, sorted fields) of the head llhttp has just accepted, from the raw bytes."""
+        hb, pos = self._hb, self._hb_pos
+        end = hb.find(b"\r\n\r\n", pos)
+        self._hb_pos = end + 4  # an interim head is followed directly by the next head
+        raw = hb[pos:end + 2]  # status line and fields
+        if raw == self._memo_block:
+            assert self._memo_head is not None
+            return self._memo_reason, self._memo_head
+        line_end = raw.find(b"\r\n")
+        status_line = raw[:line_end].split(b" ", 2)
+        reason = status_line[2] if len(status_line) > 2 else b""
+        head = Head(HOP_BY_HOP, RESPONSE_DROP_PREFIXES, HEAD_LIMIT)
+        head.add_block(raw[line_end + 2:])
+        head.finish()
+        self._memo_block, self._memo_reason, self._memo_head = raw, reason, head
+        self._memo_out = None
+        return reason, head
 
     def on_headers_complete(self) -> None:
         ex = self.ex
         assert ex is not None
         status = self._status = self.parser.get_status_code()
+        reason, head = self._read_head()  # HeadersTooLarge -> HttpParserError: 502
         if 100 <= status < 200 and status != 101:  # interim (100 Continue, 103): pass it on
             self._interim = True
             if not ex.http10:
-                self._out.append(response_head(b"HTTP/1.1", status, self._reason, [], b""))
+                self._out.append(response_head(b"HTTP/1.1", status, reason, [], b""))
             return
+        client = ex.client
+        self._in_head, self._hb = False, b""
         ex.deadline = 0.0
-        head = self._head
-        head.finish()
         ex.status = status
         ex.upstream_seconds = self.pool.loop.time() - ex.t_sent
         framing = b""
@@ -199,10 +229,20 @@ class UpstreamConn(asyncio.Protocol):
                 self._mode, framing = BODY_CHUNKED, b"transfer-encoding: chunked\r\n"
         if ex.websocket and status != 101:
             ex.close_after = True  # the client's parser is past the upgrade request
-        if status != 101:
-            framing += ex.client.connection_field(ex)
+        if status != 101:  # the Connection field for the client (ClientConn.connection_field)
+            if ex.close_after or not ex.keep_alive or client.closing or client.gw.stopping:
+                framing += _CLOSE_FIELD
+            elif ex.http10:
+                framing += _KEEP_ALIVE_FIELD
         ex.response_started = True
-        self._out.append(response_head(b"HTTP/1.1", status, self._reason, head.lines, framing))
+        memo = self._memo_out  # the head as sent to the client, for the memoized upstream head
+        if memo is not None and memo[0] == status and memo[1] == framing:
+            self._out.append(memo[2])
+        else:
+            out = response_head(b"HTTP/1.1", status, reason, head.lines, framing)
+            if head is self._memo_head:
+                self._memo_out = (status, framing, out)
+            self._out.append(out)
 
     def on_body(self, chunk: bytes) -> None:
         if self._mode == BODY_CHUNKED:
@@ -231,8 +271,10 @@ class UpstreamConn(asyncio.Protocol):
     def _finish(self) -> None:
         ex, self.ex = self.ex, None
         assert ex is not None
-        self._end_body(ex)
-        self._flush(ex)
+        if self._mode == BODY_CHUNKED:
+            self._out.append(b"0\r\n\r\n")
+        out, self._out = self._out, []
+        ex.client.write_many(out)
         # Reusable only if the whole request went out and the upstream keeps the connection.
         reuse = ex.request_done and self._keep_alive and not self._until_close
         ex.upstream = None
