@@ -118,7 +118,7 @@ max_staleness = "30s"
 [[routes]]
 name = "nodes"
 prefix = "/"
-allow_dns = ["*.test"]
+allow_dns = ["*.test", "*.nodes.nodetrust.internal"]
 """)
     log_path = workdir / "gateway.log"
     with open(log_path, "wb") as log:
@@ -252,3 +252,54 @@ async def test_revoked_node_is_refused_on_its_open_connection_within_a_second(
             return
         assert status == 403 and json.loads(body)["reason"] == "revoked", (status, body)
         record_property("new_handshake", "403 revoked on its first request")
+
+
+async def test_decommissioned_device_is_cut_off_and_cannot_reenroll(
+        tmp_path: Path, hello_upstream: int) -> None:
+    """The operator's `nodetrust nodes decommission` on a device enrolled with
+    device-attest-01: its open gateway connection is refused within a second, and its
+    bootstrap certificate cannot enroll again (until `nodes readmit`)."""
+    from server.demo import ensure_demo_manufacturer, issue_bootstrap, write_bootstrap
+
+    workdir = tmp_path / "server"
+    root, root_key, _ = ensure_demo_manufacturer(workdir / "data")
+    boot_cert, boot_key = write_bootstrap(tmp_path / "device",
+                                          *issue_bootstrap("GW-DEV-1", root, root_key))
+    cli = [str(Path(sys.executable).with_name("nodetrust"))]
+    with start_nodetrust(workdir) as server:
+        def enroll(out: str) -> subprocess.CompletedProcess[str]:
+            return subprocess.run(
+                [*cli, "enroll", "--server", server.directory_url, "--bootstrap-cert",
+                 str(boot_cert), "--bootstrap-key", str(boot_key), "--out", str(tmp_path / out),
+                 "--ca-bundle", str(server.ca_bundle)],
+                capture_output=True, text=True, timeout=60, check=False)
+
+        first = await asyncio.to_thread(enroll, "node")
+        assert first.returncode == 0, first.stderr
+        ctx = ssl.create_default_context(cafile=str(server.ca_bundle))
+        ctx.load_cert_chain(tmp_path / "node" / "node.pem", tmp_path / "node" / "node.key")
+        with run_gateway(server, hello_upstream, tmp_path / "gateway") as (port, proc):
+            await asyncio.to_thread(wait_until_serving, port, ctx, proc,
+                                    tmp_path / "gateway" / "gateway.log")
+            conn = await asyncio.to_thread(OneConnection, port, ctx)
+            try:
+                assert (await asyncio.to_thread(conn.get, "/hello"))[0] == 200
+                done = await asyncio.to_thread(
+                    subprocess.run, [*cli, "--data-dir", str(server.data_dir), "nodes",
+                                     "decommission", "gw-dev-1"],
+                    capture_output=True, text=True, timeout=60, check=True)
+                recorded = time.monotonic()
+                assert "decommissioned gw-dev-1" in done.stdout
+                deadline = recorded + 5 * REFUSAL_BUDGET  # fail with a number, not a hang
+                while True:
+                    status, body = await asyncio.to_thread(conn.get, "/hello")
+                    if status != 200 or time.monotonic() > deadline:
+                        break
+                latency = time.monotonic() - recorded
+            finally:
+                conn.close()
+        assert status == 403 and json.loads(body)["reason"] == "revoked", (status, body)
+        print(f"\ndecommission: refused {latency * 1000:.1f} ms after the command returned")
+        assert latency < REFUSAL_BUDGET, f"refused after {latency:.3f}s"
+        again = await asyncio.to_thread(enroll, "node2")
+        assert again.returncode == 1 and "decommissioned" in again.stderr, again.stderr
