@@ -38,7 +38,7 @@ class Raw:
     def send(self, *parts: bytes, pause: float = 0.0) -> None:
         for i, part in enumerate(parts):
             if i and pause:
-                time.sleep(pause)  # separate TLS records, separate reads on the gateway
+                time.sleep(pause)  # wait-ok: separate TLS records, separate reads on the gateway
             self.sock.sendall(part)
 
     def response(self) -> tuple[int, dict[str, str], bytes]:
