@@ -3,8 +3,8 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import signal
 import logging
+import signal
 import ssl
 import sys
 from pathlib import Path
@@ -36,8 +36,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 
 def new_event_loop() -> asyncio.AbstractEventLoop:
-    """uvloop when installed: its C event loop and TLS transport cut the per-request cost
-    (measured with scripts/bench-enroll); the standard loop otherwise."""
+    """uvloop (a dependency, shared with the gateway's data path); the standard loop if it
+    is missing. On bench-enroll the difference was within run-to-run noise."""
     try:
         import uvloop
     except ImportError:
