@@ -12,6 +12,10 @@ if TYPE_CHECKING:
 __all__ = ["Exchange"]
 
 
+# Why a client transport is not being read (a bit each; reading resumes when all clear).
+PAUSE_PIPELINE, PAUSE_UPSTREAM, PAUSE_PENDING, PAUSE_UPGRADE = 1, 2, 4, 8
+
+
 class Exchange:
     """One request/response pair."""
 

@@ -16,7 +16,8 @@ from typing import TYPE_CHECKING, cast
 
 import httptools
 
-from gateway.exchange import Exchange
+from gateway.answers import ExchangeAnswers
+from gateway.exchange import PAUSE_PENDING, PAUSE_PIPELINE, PAUSE_UPGRADE, PAUSE_UPSTREAM, Exchange
 from gateway.http1 import (
     DROP_PREFIXES,
     Head,
@@ -33,12 +34,9 @@ if TYPE_CHECKING:
 
 __all__ = ["ClientConn"]
 
-# Why the client transport is not being read (a bit each; reading resumes when all clear).
-PAUSE_PIPELINE, PAUSE_UPSTREAM, PAUSE_PENDING, PAUSE_UPGRADE = 1, 2, 4, 8
 PENDING_LIMIT = 256 * 1024  # body bytes held while the upstream connection is being set up
 READ_BUFFER = 64 * 1024
 FAST_HEAD_MAX = 8192  # larger heads always take the per-field path
-_CLOSE_FIELD = b"connection: close\r\n"
 _METHODS = {m.encode(): m for m in ("GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS")}
 
 
@@ -62,7 +60,7 @@ class _FastCallbacks:
         self.on_message_complete = conn.on_message_complete
 
 
-class ClientConn(asyncio.BufferedProtocol):
+class ClientConn(ExchangeAnswers, asyncio.BufferedProtocol):
     """A BufferedProtocol: TLS records decrypt straight into one reused buffer. (With plain
     data_received, the TLS layer allocates a 256 KiB bytes object per read: measured as a
     sixth of the gateway's CPU in mmap/munmap under keep-alive load.) The buffer is the
@@ -402,75 +400,6 @@ class ClientConn(asyncio.BufferedProtocol):
             return
         gw.metrics.allowed()
         gw.pool.acquire(ex)
-
-    def _refuse(self, ex: Exchange, status: int, reason: str, rule: str) -> None:
-        self._unsent_body_means_close(ex)
-        ex.status = status
-        self.write(problem_response(status, reason, rule,
-                                    close=ex.close_after or not ex.keep_alive))
-        self.gw.access_log.log(self.ident, ex.method, ex.host, ex.path, rule, status, None)
-        ex.response_finished = True
-        self._exchange_done(ex)
-
-    def connection_field(self, ex: Exchange) -> bytes:
-        """Connection field for `ex`'s response head."""
-        if ex.close_after or not ex.keep_alive or self.closing or self.gw.stopping:
-            return _CLOSE_FIELD
-        return b"connection: keep-alive\r\n" if ex.http10 else b""
-
-    def upstream_failed(self, ex: Exchange, status: int, kind: str, detail: str = "") -> None:
-        if ex.abandoned or ex.response_finished:
-            return
-        self.gw.metrics.upstream_error(kind)
-        ex.upstream = None
-        if not ex.request_done:
-            ex.close_after = True  # the rest of the body has nowhere to go
-        reason = "upstream_timeout" if status == 504 else "upstream_unavailable"
-        ex.status = status
-        self.write(problem_response(status, reason, ex.rule,
-                                    close=ex.close_after or not ex.keep_alive))
-        self.gw.access_log.log(self.ident, ex.method, ex.host, ex.path, ex.rule, status, None)
-        ex.response_finished = True
-        self._exchange_done(ex)
-
-    def response_done(self, ex: Exchange, *, can_reuse: bool) -> None:
-        """The upstream's response has been written to the client in full."""
-        ex.response_finished = True
-        ex.upstream = None
-        gw = self.gw
-        if ex.upstream_seconds is not None:
-            gw.metrics.latency(ex.upstream_seconds)
-        gw.access_log.log(self.ident, ex.method, ex.host, ex.path, ex.rule, ex.status,
-                          ex.upstream_seconds)
-        if not can_reuse:
-            ex.close_after = True
-        if ex.expect_continue and not ex.request_done:  # see _unsent_body_means_close
-            ex.close_after = True
-        self._exchange_done(ex)
-
-    @staticmethod
-    def _unsent_body_means_close(ex: Exchange) -> None:
-        # Answered before the body arrived, to a client waiting for "100 Continue": it will not
-        # send the body now, so the stream can't be resynchronised (RFC 9110 §10.1.1). Close.
-        # Other clients send their body anyway; it is read and dropped, keeping the connection.
-        if ex.expect_continue and not ex.request_done:
-            ex.close_after = True
-
-    def start_splice(self, ex: Exchange, rest: bytes) -> None:
-        """The upstream switched protocols: from now on bytes flow both ways untouched."""
-        up = ex.upstream
-        assert up is not None and up.transport is not None
-        self.spliced, self.ws_wait = up, None
-        self.gw.access_log.log(self.ident, ex.method, ex.host, ex.path, ex.rule, 101,
-                               ex.upstream_seconds)
-        if ex.upstream_seconds is not None:
-            self.gw.metrics.latency(ex.upstream_seconds)
-        if rest:
-            self.write(rest)
-        for chunk in ex.ws_early:
-            up.transport.write(chunk)
-        ex.ws_early = []
-        self._resume(PAUSE_UPGRADE)
 
     def _exchange_done(self, ex: Exchange) -> None:
         if not (ex.response_finished and (ex.request_done or ex.close_after)):
