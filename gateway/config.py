@@ -7,22 +7,19 @@ key and the reason, and stop start-up (a policy *reload* error keeps the old pol
 
 from __future__ import annotations
 
-import re
 import tomllib
-from collections.abc import Mapping
 from dataclasses import dataclass, replace
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
+from server.config_toml import ConfigError, _Section, parse_listen
+from server.config_toml import parse_duration as _parse_duration
+
 __all__ = ["DEFAULT_CONFIG", "ConfigError", "GatewayConfig", "load_config", "parse_listen"]
 
 DEFAULT_CONFIG = Path(__file__).resolve().parent.parent / "conf" / "gateway.toml"
-
-
-class ConfigError(Exception):
-    def __init__(self, source: str, key: str, reason: str) -> None:
-        super().__init__(f"{source}: {key}: {reason}" if key else f"{source}: {reason}")
 
 
 @dataclass(frozen=True)
@@ -64,24 +61,9 @@ class GatewayConfig:
         return cfg
 
 
-_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)\s*$")
-_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
-
-
 def parse_duration(value: Any, key: str, source: str) -> float:
     """'90s', '5m', '250ms' or a number of seconds -> seconds (float)."""
-    if isinstance(value, (int, float)) and not isinstance(value, bool) and value >= 0:
-        return float(value)
-    if isinstance(value, str) and (m := _DURATION.match(value)):
-        return float(m.group(1)) * _UNITS[m.group(2)]
-    raise ConfigError(source, key, f"expected a duration such as '30s', '5m', got {value!r}")
-
-
-def parse_listen(value: str, key: str, source: str) -> tuple[str, int]:
-    host, sep, port = value.rpartition(":")
-    if not sep or not port.isdigit() or not 0 < int(port) < 65536:
-        raise ConfigError(source, key, f"expected HOST:PORT, got {value!r}")
-    return host.strip("[]") or "127.0.0.1", int(port)
+    return _parse_duration(value, key, source).total_seconds()
 
 
 def _parse_upstream(value: str, key: str, source: str) -> tuple[str, int]:
@@ -96,33 +78,16 @@ def _parse_upstream(value: str, key: str, source: str) -> tuple[str, int]:
     return parts.hostname, port
 
 
-class _Table:
-    """Typed access to one TOML table; unknown keys are errors (typos must not pass silently)."""
+class _Table(_Section):
+    """A TOML table of the gateway's conf: the shared typed access, with durations in
+    seconds and paths resolved against the conf file's folder."""
 
     def __init__(self, data: Any, path: str, source: str, base: Path) -> None:
-        if not isinstance(data, Mapping):
-            raise ConfigError(source, path, "expected a table")
-        self.data, self.path, self.source, self.base = data, path, source, base
-        self.used: set[str] = set()
+        super().__init__(data, path, source)
+        self.base = base
 
-    def key(self, name: str) -> str:
-        return f"{self.path}.{name}" if self.path else name
-
-    def get(self, name: str, kind: type, default: Any) -> Any:
-        self.used.add(name)
-        if name not in self.data:
-            return default
-        value = self.data[name]
-        if not isinstance(value, kind) or (isinstance(value, bool) and kind is not bool):
-            raise ConfigError(self.source, self.key(name),
-                              f"expected {kind.__name__}, got {value!r}")
-        return value
-
-    def duration(self, name: str, default: float) -> float:
-        self.used.add(name)
-        if name not in self.data:
-            return default
-        return parse_duration(self.data[name], self.key(name), self.source)
+    def duration(self, name: str, default: float) -> float:  # type: ignore[override]
+        return super().duration(name, timedelta(seconds=default)).total_seconds()
 
     def path_(self, name: str, default: str) -> Path:
         return (self.base / str(self.get(name, str, default))).resolve()
@@ -132,10 +97,6 @@ class _Table:
         if value < 1:
             raise ConfigError(self.source, self.key(name), f"must be >= 1, got {value}")
         return value
-
-    def done(self) -> None:
-        if unknown := sorted(set(self.data) - self.used):
-            raise ConfigError(self.source, self.key(unknown[0]), "unknown key (typo?)")
 
 
 def load_config(path: Path | None = None) -> GatewayConfig:

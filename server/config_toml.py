@@ -9,7 +9,7 @@ from typing import Any, Mapping
 
 class ConfigError(Exception):
     def __init__(self, source: str, key: str, reason: str) -> None:
-        super().__init__(f"{source}: {key}: {reason}")
+        super().__init__(f"{source}: {key}: {reason}" if key else f"{source}: {reason}")
 
 
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)\s*$")
