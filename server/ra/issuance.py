@@ -70,11 +70,7 @@ class IssuanceService:
             got = ", ".join(i.value for i in checked.identifiers) or "(none)"
             raise AcmeProblem("badCSR", f"CSR names ({got}) must be exactly the order's "
                               f"identifiers ({want})")
-        if self.d.store.is_account_key(thumbprint(jwk_of_public_key(checked.public_key))):
-            raise AcmeProblem("badCSR", "the CSR key is an ACME account key; use a separate key")
-        if self.d.store.key_in_use(checked.key_fingerprint):
-            raise AcmeProblem("badCSR", "the CSR key was certified before; every certificate "
-                              "needs a fresh key (reused keys are refused)")
+        self._check_key_is_new(checked)
         return checked
 
     def _check_device(self, order: Order, csr_der: bytes, plan: DevicePlan) -> CheckedCSR:
@@ -89,12 +85,15 @@ class IssuanceService:
         if checked.key_fingerprint == plan.bootstrap_spki:
             raise AcmeProblem("badCSR", "the CSR key is the bootstrap key: the operational "
                               "certificate needs a new key (the bootstrap key only proves identity)")
+        self._check_key_is_new(checked)
+        return checked
+
+    def _check_key_is_new(self, checked: CheckedCSR) -> None:
         if self.d.store.is_account_key(thumbprint(jwk_of_public_key(checked.public_key))):
             raise AcmeProblem("badCSR", "the CSR key is an ACME account key; use a separate key")
         if self.d.store.key_in_use(checked.key_fingerprint):
             raise AcmeProblem("badCSR", "the CSR key was certified before; every certificate "
                               "needs a fresh key (reused keys are refused)")
-        return checked
 
     def _validity(self, order: Order, plan: DevicePlan | None = None) -> tuple[datetime, datetime]:
         now = self.d.now()
