@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, cast
 
 import httptools
 
+from gateway.answers import _CLOSE_FIELD
 from gateway.http1 import HOP_BY_HOP, RESPONSE_DROP_PREFIXES, Head, response_head
 
 if TYPE_CHECKING:
@@ -25,7 +26,7 @@ __all__ = ["UpstreamConn", "UpstreamPool"]
 # How the response body travels to the client.
 BODY_NONE, BODY_RAW, BODY_CHUNKED = 0, 1, 2
 HEAD_LIMIT = 1 << 20  # response head bytes (status line + fields); larger -> 502
-_CLOSE_FIELD = b"connection: close\r\n"
+
 _KEEP_ALIVE_FIELD = b"connection: keep-alive\r\n"
 
 
