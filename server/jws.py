@@ -27,6 +27,10 @@ PublicKey = ec.EllipticCurvePublicKey | rsa.RSAPublicKey | ed25519.Ed25519Public
 ALGORITHMS = ("ES256", "ES384", "RS256", "EdDSA")
 _EC_CURVES = {"P-256": (ec.SECP256R1(), 32, "ES256"), "P-384": (ec.SECP384R1(), 48, "ES384")}
 _HASH = {"ES256": hashes.SHA256(), "ES384": hashes.SHA384(), "RS256": hashes.SHA256()}
+# curve name -> (alg, coordinate size, signature algorithm object, built once: per request
+# it cost about as much as the dict lookups around it)
+_EC_VERIFY = {"secp256r1": ("ES256", 32, ec.ECDSA(hashes.SHA256())),
+              "secp384r1": ("ES384", 48, ec.ECDSA(hashes.SHA384()))}
 MIN_RSA_BITS = 2048
 
 
@@ -168,14 +172,14 @@ def verify_signature(jws: ParsedJWS, key: PublicKey) -> None:
     alg, sig = jws.alg, jws.signature
     try:
         if isinstance(key, ec.EllipticCurvePublicKey):
-            expected = {"secp256r1": ("ES256", 32), "secp384r1": ("ES384", 48)}.get(key.curve.name)
+            expected = _EC_VERIFY.get(key.curve.name)
             if expected is None or expected[0] != alg:
                 raise bad_alg(f"algorithm {alg} does not match the {key.curve.name} key")
-            size = expected[1]
+            _, size, algorithm = expected
             if len(sig) != 2 * size:
                 raise malformed("JWS signature has the wrong length")
             der = encode_dss_signature(int.from_bytes(sig[:size], "big"), int.from_bytes(sig[size:], "big"))
-            key.verify(der, jws.signing_input, ec.ECDSA(_HASH[alg]))
+            key.verify(der, jws.signing_input, algorithm)
         elif isinstance(key, rsa.RSAPublicKey):
             if alg != "RS256":
                 raise bad_alg(f"algorithm {alg} does not match an RSA key")
