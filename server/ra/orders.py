@@ -242,7 +242,9 @@ class OrderService:
         return order
 
     def authz_for(self, account: Account, authz_id: str) -> Authorization:
-        authz = self.d.store.get_authz(authz_id)
+        return self._owned_authz(account, self.d.store.get_authz(authz_id))
+
+    def _owned_authz(self, account: Account, authz: Authorization | None) -> Authorization:
         if authz is None or authz.account_id != account.id:
             raise AcmeProblem("malformed", "no such authorization", status=404)
         if authz.status in (Status.PENDING, Status.VALID) and authz.expires <= self.d.now():
@@ -257,8 +259,8 @@ class OrderService:
         return self.authz_for(account, authz_id)
 
     def challenge_for(self, account: Account, challenge_id: str) -> tuple[Challenge, Authorization]:
-        authz_id = self.d.store.authz_id_of_challenge(challenge_id)
-        authz = self.authz_for(account, authz_id) if authz_id else None
+        found = self.d.store.get_authz_of_challenge(challenge_id)
+        authz = self._owned_authz(account, found) if found else None
         chall = next((c for c in authz.challenges if c.id == challenge_id), None) if authz else None
         if chall is None or authz is None:
             raise AcmeProblem("malformed", "no such challenge", status=404)

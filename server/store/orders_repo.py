@@ -85,54 +85,54 @@ class OrdersRepo:
         return [self._order(r) for r in
                 self.conn.execute("SELECT * FROM orders WHERE status = ?", [Status.PROCESSING])]
 
-    def _challenges(self, authz_ids: list[str]) -> dict[str, list[Challenge]]:
-        marks = ",".join("?" * len(authz_ids))
-        out: dict[str, list[Challenge]] = {a: [] for a in authz_ids}
-        for r in self.conn.execute(f"SELECT * FROM challenges WHERE authz_id IN ({marks}) "
-                                   "ORDER BY rowid", authz_ids):
-            out[r["authz_id"]].append(Challenge(
-                id=r["id"], authz_id=r["authz_id"], type=r["type"], token=r["token"],
-                status=r["status"], validated=_dt(r["validated"]),
-                error=json.loads(r["error"]) if r["error"] else None))
-        return out
+    # Authorizations with their challenges in one query (a read on every authz, challenge and
+    # finalize request: two queries each were ~2 % of the server's CPU per enrollment).
+    _AUTHZ_JOIN = ("SELECT a.id, a.account_id, a.identifier_type, a.identifier_value, a.status, "
+                   "a.expires, a.wildcard, c.id, c.type, c.token, c.status, c.validated, c.error "
+                   "FROM authzs a LEFT JOIN challenges c ON c.authz_id = a.id WHERE {where} "
+                   "ORDER BY c.rowid")
 
-    @staticmethod
-    def _authz(row: sqlite3.Row, challenges: list[Challenge]) -> Authorization:
-        return Authorization(id=row["id"], account_id=row["account_id"],
-                             identifier=Identifier(row["identifier_type"], row["identifier_value"]),
-                             status=row["status"], expires=_dt(row["expires"]),  # type: ignore[arg-type]
-                             wildcard=bool(row["wildcard"]), challenges=challenges)
+    def _authzs_where(self, where: str, params: list[str]) -> dict[str, Authorization]:
+        found: dict[str, Authorization] = {}
+        for r in self.conn.execute(self._AUTHZ_JOIN.format(where=where), params):
+            authz = found.get(r[0])
+            if authz is None:
+                authz = found[r[0]] = Authorization(
+                    id=r[0], account_id=r[1], identifier=Identifier(r[2], r[3]), status=r[4],
+                    expires=_dt(r[5]), wildcard=bool(r[6]), challenges=[])  # type: ignore[arg-type]
+            if r[7] is not None:
+                authz.challenges.append(Challenge(
+                    id=r[7], authz_id=r[0], type=r[8], token=r[9], status=r[10],
+                    validated=_dt(r[11]), error=json.loads(r[12]) if r[12] else None))
+        return found
 
     def get_authzs(self, authz_ids: list[str]) -> list[Authorization]:
         if not authz_ids:
             return []
-        marks = ",".join("?" * len(authz_ids))
-        rows = {r["id"]: r for r in
-                self.conn.execute(f"SELECT * FROM authzs WHERE id IN ({marks})", authz_ids)}
-        chals = self._challenges(list(rows))
-        return [self._authz(rows[a], chals[a]) for a in authz_ids if a in rows]
+        found = self._authzs_where(f"a.id IN ({','.join('?' * len(authz_ids))})", authz_ids)
+        return [found[a] for a in authz_ids if a in found]
 
     def get_authz(self, authz_id: str) -> Authorization | None:
-        found = self.get_authzs([authz_id])
-        return found[0] if found else None
+        return self._authzs_where("a.id = ?", [authz_id]).get(authz_id)
+
+    def get_authz_of_challenge(self, challenge_id: str) -> Authorization | None:
+        found = self._authzs_where("a.id = (SELECT authz_id FROM challenges WHERE id = ?)",
+                                   [challenge_id])
+        return next(iter(found.values()), None)
 
     def find_reusable_authz(self, account_id: str, ident: Identifier, *,
                             valid_after: datetime) -> Authorization | None:
-        row = self._one("SELECT * FROM authzs WHERE account_id = ? AND identifier_type = ? AND "
-                        "identifier_value = ? AND status = ? AND expires > ? "
-                        "ORDER BY expires DESC LIMIT 1",
-                        [account_id, ident.type, ident.value, Status.VALID, _ts(valid_after)])
-        return self._authz(row, self._challenges([row["id"]])[row["id"]]) if row else None
+        found = self._authzs_where(
+            "a.id = (SELECT id FROM authzs WHERE account_id = ? AND identifier_type = ? AND "
+            "identifier_value = ? AND status = ? AND expires > ? ORDER BY expires DESC LIMIT 1)",
+            [account_id, ident.type, ident.value, Status.VALID, _ts(valid_after)])
+        return next(iter(found.values()), None)
 
     def accounts_with_valid_authz(self, ident: Identifier, now: datetime) -> set[str]:
         return {r[0] for r in self.conn.execute(
             "SELECT DISTINCT account_id FROM authzs WHERE identifier_type = ? AND "
             "identifier_value = ? AND status = ? AND expires > ?",
             [ident.type, ident.value, Status.VALID, _ts(now)])}
-
-    def authz_id_of_challenge(self, challenge_id: str) -> str | None:
-        row = self._one("SELECT authz_id FROM challenges WHERE id = ?", [challenge_id])
-        return row[0] if row else None
 
     def start_challenge(self, challenge_id: str) -> bool:
         """pending -> processing, once: a second response to the same challenge is a no-op."""
