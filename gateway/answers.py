@@ -1,5 +1,5 @@
 """How a `ClientConn` answers an exchange: refusals, upstream failures, a finished upstream
-response, and the switch to splicing after a 101. Mixed into `gateway.proxy.ClientConn`,
+response, a client that stopped mid-request, and the switch to splicing after a 101. Mixed into `gateway.proxy.ClientConn`,
 which owns the parsing and the order of exchanges."""
 
 from __future__ import annotations
@@ -24,11 +24,22 @@ class ExchangeAnswers:
     closing: bool
     spliced: UpstreamConn | None
     ws_wait: Exchange | None
+    parsing: Exchange | None
+    current: Exchange | None
+    head_since: float
+    last_active: float
+    _paused: int
 
     def write(self, data: bytes) -> None:
         raise NotImplementedError
 
     def _exchange_done(self, ex: Exchange) -> None:
+        raise NotImplementedError
+
+    def close(self) -> None:
+        raise NotImplementedError
+
+    def abort(self) -> None:
         raise NotImplementedError
 
     def _resume(self, why: int) -> None:
@@ -86,6 +97,35 @@ class ExchangeAnswers:
         # Other clients send their body anyway; it is read and dropped, keeping the connection.
         if ex.expect_continue and not ex.request_done:
             ex.close_after = True
+
+    def stalled(self, now: float, head_timeout: float, body_timeout: float) -> str | None:
+        """'head' or 'body' if the client stopped mid-request for too long, else None."""
+        if self.closing or self._paused or self.spliced is not None:
+            return None  # while we do not read, silence is not the client's
+        if self.head_since and now - self.head_since > head_timeout:
+            return "head"
+        if self.parsing is not None and now - self.last_active > body_timeout:
+            return "body"
+        return None
+
+    def client_stalled(self, phase: str) -> None:
+        """The client stopped sending its request: 408 if nothing else is being answered on
+        this connection, then close; the upstream connection of a half-sent body goes too."""
+        self.gw.metrics.client_stalled(phase)
+        ex, current = self.parsing, self.current
+        if current is not None and current.upstream is not None and current is ex:
+            current.upstream.detach()
+            current.upstream = None
+        if current is not None and current.response_started:
+            self.abort()  # a response is half-written: only cutting the stream is honest
+            return
+        if current is None or current is ex:
+            self.write(problem_response(408, "request_timeout", close=True))
+            method, host, path = (ex.method, ex.host, ex.path) if ex is not None else ("-", "", "")
+            self.gw.access_log.log(self.ident, method, host, path, "-", 408, None)
+            if ex is not None:
+                ex.response_finished = True
+        self.close()
 
     def start_splice(self, ex: Exchange, rest: bytes) -> None:
         """The upstream switched protocols: from now on bytes flow both ways untouched."""

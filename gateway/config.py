@@ -38,6 +38,8 @@ class GatewayConfig:
     connect_timeout: float = 5.0
     response_timeout: float = 60.0
     idle_timeout: float = 75.0
+    client_header_timeout: float = 60.0  # from a request's first byte to the end of its head
+    client_body_timeout: float = 60.0    # longest silence inside a request body
     upstream_idle_timeout: float = 30.0
     upstream_pool_size: int = 128
     max_header_bytes: int = 65536
@@ -132,6 +134,8 @@ def load_config(path: Path | None = None) -> GatewayConfig:
         connect_timeout=gw.duration("connect_timeout", d.connect_timeout),
         response_timeout=gw.duration("response_timeout", d.response_timeout),
         idle_timeout=gw.duration("idle_timeout", d.idle_timeout),
+        client_header_timeout=gw.duration("client_header_timeout", d.client_header_timeout),
+        client_body_timeout=gw.duration("client_body_timeout", d.client_body_timeout),
         upstream_idle_timeout=gw.duration("upstream_idle_timeout", d.upstream_idle_timeout),
         upstream_pool_size=gw.positive("upstream_pool_size", d.upstream_pool_size),
         max_header_bytes=gw.positive("max_header_bytes", d.max_header_bytes),

@@ -22,11 +22,13 @@ __all__ = ["Metrics", "SharedBlock", "create_metrics_app"]
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 REASONS = ("policy", "no_route", "revoked", "expired", "stale")
 UPSTREAM_ERRORS = ("connect", "timeout", "reset")
+CLIENT_STALLS = ("head", "body")  # requests cut by client_header_timeout / client_body_timeout
 
 # Slot layout of one worker's block.
 _NAMES = (["heartbeat", "fresh", "feed_lag", "feed_age", "connections", "allowed", "refused",
            "reload_ok", "reload_error", "lat_sum", "lat_count", "tls_full", "tls_resumed"]
           + [f"reason_{r}" for r in REASONS] + [f"upstream_{e}" for e in UPSTREAM_ERRORS]
+          + [f"stalled_{p}" for p in CLIENT_STALLS]
           + [f"lat_{i}" for i in range(len(LATENCY_BUCKETS) + 1)])
 _SLOT = {name: i for i, name in enumerate(_NAMES)}
 BLOCK = len(_NAMES)
@@ -96,6 +98,9 @@ class Metrics:
     def upstream_error(self, kind: str) -> None:
         self._a[self._upstream[kind]] += 1.0
 
+    def client_stalled(self, phase: str) -> None:
+        self._a[self._base + _SLOT[f"stalled_{phase}"]] += 1.0
+
     def latency(self, seconds: float) -> None:
         a = self._a
         a[self._lat0 + bisect.bisect_left(LATENCY_BUCKETS, seconds)] += 1.0
@@ -129,6 +134,11 @@ def render(block: SharedBlock) -> str:
         "# TYPE nodetrust_gateway_upstream_errors_total counter",
         *(f'nodetrust_gateway_upstream_errors_total{{kind="{e}"}} {t(f"upstream_{e}"):.0f}'
           for e in UPSTREAM_ERRORS),
+        ("# HELP nodetrust_gateway_client_timeouts_total Requests cut off because the client "
+         "stopped sending its head or body (408)."),
+        "# TYPE nodetrust_gateway_client_timeouts_total counter",
+        *(f'nodetrust_gateway_client_timeouts_total{{phase="{p}"}} {t(f"stalled_{p}"):.0f}'
+          for p in CLIENT_STALLS),
         "# HELP nodetrust_gateway_upstream_latency_seconds Time to the upstream response head.",
         "# TYPE nodetrust_gateway_upstream_latency_seconds histogram",
     ]

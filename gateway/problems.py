@@ -22,6 +22,7 @@ _TITLES = {
     "method_not_allowed": "method not supported by the gateway",
     "upstream_unavailable": "upstream unavailable",
     "upstream_timeout": "upstream timed out",
+    "request_timeout": "the client stopped sending its request",
 }
 _cache: dict[tuple[int, str, str, bool], bytes] = {}
 

@@ -102,6 +102,7 @@ class ClientConn(ExchangeAnswers, asyncio.BufferedProtocol):
         self.closing = False
         self.write_paused = False
         self.last_active = 0.0
+        self.head_since = 0.0  # when the head being read began (0: none is half-read)
         self._paused = 0
         self._in_next = False
         self._fwd = b""
@@ -235,6 +236,9 @@ class ClientConn(ExchangeAnswers, asyncio.BufferedProtocol):
             self._paused &= ~why
             if not self._paused and self.transport is not None and not self.closing:
                 self.transport.resume_reading()
+                # Our pause is not the client's silence: its clocks restart now.
+                self.last_active = now = self.gw.loop.time()
+                self.head_since = self.head_since and now
 
     def pause_for_upstream(self) -> None:
         self._pause(PAUSE_UPSTREAM)
@@ -282,6 +286,7 @@ class ClientConn(ExchangeAnswers, asyncio.BufferedProtocol):
 
     def on_message_begin(self) -> None:  # general parser only
         self._in_msg = True
+        self.head_since = self.gw.loop.time()
         self._head.reset()
 
     def on_url(self, url: bytes) -> None:
@@ -289,6 +294,7 @@ class ClientConn(ExchangeAnswers, asyncio.BufferedProtocol):
         self._head.size += len(url)
 
     def on_headers_complete(self) -> None:
+        self.head_since = 0.0
         p = self.parser
         method_b = p.get_method()
         if p is self._fast:

@@ -76,7 +76,12 @@ class Gateway:
         now = self.loop.time()
         wall = self.clock()
         rev = self.revocation
+        cfg = self.cfg
         for conn in list(self.connections):
+            stalled = conn.stalled(now, cfg.client_header_timeout, cfg.client_body_timeout)
+            if stalled is not None:
+                conn.client_stalled(stalled)
+                continue
             ident = conn.ident
             ex = conn.current
             if ex is not None and ex.deadline and now >= ex.deadline and ex.upstream is not None:
