@@ -206,8 +206,8 @@ class UpstreamConn(asyncio.Protocol):
         reason, head = self._read_head()  # HeadersTooLarge -> HttpParserError: 502
         if 100 <= status < 200 and status != 101:  # interim (100 Continue, 103): pass it on
             self._interim = True
-            if not ex.http10:
-                self._out.append(response_head(b"HTTP/1.1", status, reason, [], b""))
+            if not ex.http10:  # with its end-to-end fields: 103's Link fields are the point
+                self._out.append(response_head(b"HTTP/1.1", status, reason, head.lines, b""))
             return
         client = ex.client
         self._in_head, self._hb = False, b""

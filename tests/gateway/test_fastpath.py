@@ -277,3 +277,5 @@ async def test_interim_response_is_forwarded_before_the_final_one(
     finally:
         await h.gw.stop(drain_seconds=1)
     assert re.findall(rb"HTTP/1\.1 (\d{3}) ", out) == [b"103", b"204"]
+    interim = out.split(b"\r\n\r\n", 1)[0].lower()
+    assert b"link: </a>" in interim  # its fields travel with it (RFC 8297 Early Hints)
