@@ -1,6 +1,6 @@
 """How a `ClientConn` answers an exchange: refusals, upstream failures, a finished upstream
-response, a client that stopped mid-request, and the switch to splicing after a 101. Mixed into `gateway.proxy.ClientConn`,
-which owns the parsing and the order of exchanges."""
+response, a client that stopped mid-request, and the switch to splicing after a 101. Mixed
+into `gateway.proxy.ClientConn`, which owns the parsing and the order of exchanges."""
 
 from __future__ import annotations
 
