@@ -40,6 +40,10 @@ class StoreBase:
         conn.execute("PRAGMA journal_mode=WAL")
         conn.execute(f"PRAGMA synchronous={'FULL' if self._synchronous == 'full' else 'NORMAL'}")
         conn.execute("PRAGMA foreign_keys=ON")
+        # Statement journals of writes inside the group-commit batch's savepoints: in memory,
+        # not a temp file created and unlinked in /var/tmp each time (they never need to
+        # survive a crash: the WAL is the record).
+        conn.execute("PRAGMA temp_store=MEMORY")
         conn.execute("PRAGMA busy_timeout=5000")
         return conn
 
