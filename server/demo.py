@@ -65,6 +65,31 @@ def make_manufacturer_root(name: str, *, now: datetime | None = None,
     return cert, key
 
 
+def make_manufacturer_intermediate(name: str, root: x509.Certificate, root_key: Any, *,
+                                   now: datetime | None = None,
+                                   years: int = 10) -> tuple[x509.Certificate, Any]:
+    """A factory line's issuing CA under a manufacturer root (what most device makers run:
+    the root stays offline, bootstrap certificates come from per-line intermediates)."""
+    now = now or datetime.now(timezone.utc)
+    key = ec.generate_private_key(ec.SECP256R1())
+    subject = x509.Name([x509.NameAttribute(NameOID.ORGANIZATION_NAME, name),
+                         x509.NameAttribute(NameOID.COMMON_NAME, f"{name} Factory Issuing CA")])
+    cert = (x509.CertificateBuilder().subject_name(subject).issuer_name(root.subject)
+            .public_key(key.public_key()).serial_number(secrets.randbits(127) | 1)
+            .not_valid_before(now - timedelta(minutes=5))
+            .not_valid_after(min(now + timedelta(days=365 * years), root.not_valid_after_utc))
+            .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
+            .add_extension(x509.KeyUsage(digital_signature=False, content_commitment=False,
+                                         key_encipherment=False, data_encipherment=False,
+                                         key_agreement=False, key_cert_sign=True, crl_sign=True,
+                                         encipher_only=False, decipher_only=False), critical=True)
+            .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), False)
+            .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(
+                root_key.public_key()), critical=False)
+            .sign(root_key, hashes.SHA256()))
+    return cert, key
+
+
 def issue_bootstrap(device_id: str, issuer: x509.Certificate, issuer_key: Any, *,
                     key_type: str = "ec-p256", id_in: str = "serialNumber",
                     not_before: datetime | None = None, not_after: datetime | None = None,

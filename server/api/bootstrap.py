@@ -8,6 +8,7 @@ context that trusts manufacturer roots only (never the operational CA).
 """
 from __future__ import annotations
 
+import _ssl
 import json
 import logging
 import ssl
@@ -25,6 +26,24 @@ from server.va.attest.chains import ManufacturerTrust
 
 log = logging.getLogger("nodetrust.bootstrap")
 
+MAX_CHAIN = 8  # certificates taken from the client's handshake: leaf + intermediates
+
+
+def _peer_chain(ssl_object: Any) -> list[x509.Certificate]:
+    """The certificates the device sent in its handshake, leaf first. OpenSSL verified them
+    against the manufacturer roots; they are verified again (with CRLs and the device rules)
+    by the attestation code, which needs the intermediates too, not only the leaf."""
+    get = getattr(ssl_object, "get_unverified_chain", None)  # Python >= 3.13
+    if get is None:  # 3.10-3.12 have it on the private _ssl object only
+        get = getattr(getattr(ssl_object, "_sslobj", None), "get_unverified_chain", None)
+    chain = get() if get is not None else None
+    if not chain:
+        der = ssl_object.getpeercert(binary_form=True)
+        return [x509.load_der_x509_certificate(der)] if der else []
+    return [x509.load_der_x509_certificate(c if isinstance(c, bytes)
+                                           else c.public_bytes(_ssl.ENCODING_DER))
+            for c in chain[:MAX_CHAIN]]
+
 
 def _problem(status: int, code: str, detail: str) -> web.Response:
     return web.Response(status=status, content_type="application/problem+json",
@@ -35,8 +54,11 @@ def _problem(status: int, code: str, detail: str) -> web.Response:
 async def eab(request: web.Request) -> web.Response:
     ctx: ApiContext = request.app[API]
     ssl_object = request.transport.get_extra_info("ssl_object") if request.transport else None
-    der = ssl_object.getpeercert(binary_form=True) if ssl_object is not None else None
-    if not der:
+    try:
+        chain = _peer_chain(ssl_object) if ssl_object is not None else []
+    except ValueError as exc:
+        return _problem(400, "malformed", f"unreadable client certificate: {exc}")
+    if not chain:
         return _problem(401, "unauthorized", "present the device's bootstrap certificate as the "
                         "TLS client certificate")
     devices = ctx.orders.devices
@@ -44,7 +66,7 @@ async def eab(request: web.Request) -> web.Response:
         return _problem(403, "unauthorized", "device attestation is switched off "
                         "(rule attestation.enabled)")
     try:
-        key, identity = await devices.eab_for_bootstrap(x509.load_der_x509_certificate(der))
+        key, identity = await devices.eab_for_bootstrap(chain[0], chain[1:])
     except ValidationFailure as f:
         log.info("bootstrap EAB refused: %s", f.detail)
         return _problem(403, f.code, f.detail)

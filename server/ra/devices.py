@@ -6,6 +6,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import secrets
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -158,12 +159,15 @@ class DeviceService:
                     account_id=node.account_id if node else None,
                     pending_account_id=pending), approved
 
-    async def eab_for_bootstrap(self, leaf: x509.Certificate) -> tuple[EabKey, NodeIdentity]:
+    async def eab_for_bootstrap(self, leaf: x509.Certificate,
+                                intermediates: Sequence[x509.Certificate] = (),
+                                ) -> tuple[EabKey, NodeIdentity]:
         """The lego path: a bootstrap certificate shown over mTLS earns EAB credentials whose
         account is pre-authorized for exactly this device's identifiers. mTLS proved the key;
-        the chain is checked again here, with CRLs, the deny list and the node rules."""
+        the chain (with the intermediates the device sent) is checked again here, with CRLs,
+        the deny list and the node rules."""
         now = self.d.now()
-        verified = self.trust.verify([leaf], now)
+        verified = self.trust.verify([leaf, *intermediates], now)
         spki = leaf.public_key().public_bytes(serialization.Encoding.DER,
                                               serialization.PublicFormat.SubjectPublicKeyInfo)
         ev = BootstrapEvidence(

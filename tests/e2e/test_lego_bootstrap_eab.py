@@ -17,7 +17,8 @@ from cryptography.hazmat.primitives import serialization
 
 from acme_servers import NodetrustServer, selected_target, start_nodetrust
 from clients import ClientFailed, Lego
-from server.demo import ensure_demo_manufacturer, issue_bootstrap, make_manufacturer_root, write_bootstrap
+from server.demo import (ensure_demo_manufacturer, issue_bootstrap, make_manufacturer_intermediate,
+                         make_manufacturer_root, write_bootstrap)
 
 pytestmark = [pytest.mark.e2e,
               pytest.mark.skipif(selected_target() != "nodetrust", reason="nodetrust only")]
@@ -84,6 +85,23 @@ def test_the_eab_account_cannot_get_another_devices_name(server: NodetrustServer
         lego.run_lego("lego-0003.nodes.nodetrust.internal", "http", "run")
     assert "device-attest-01" in str(failed.value) or "solver" in str(failed.value).lower(), \
         str(failed.value)[-2000:]
+
+
+def test_a_device_issued_by_a_factory_intermediate_gets_credentials(
+        server: NodetrustServer, tmp_path: Path) -> None:
+    # The manufacturer's PEM file holds only its root; the device sends leaf + intermediate,
+    # as devices from a factory line's issuing CA do.
+    root, root_key, _ = ensure_demo_manufacturer(server.data_dir)
+    line_ca, line_key = make_manufacturer_intermediate("nodetrust Demo Devices", root, root_key)
+    cert, key = issue_bootstrap("LINE3-0001", line_ca, line_key)
+    with_chain = write_bootstrap(tmp_path / "chain", cert, key, [line_ca])
+    status, creds = bootstrap_eab(server, *with_chain)
+    assert status == 201, creds
+    assert creds["device_id"] == "LINE3-0001"
+    # Without the intermediate the device cannot be chained to the root: refused in TLS.
+    leaf_only = write_bootstrap(tmp_path / "leaf", cert, key)
+    with pytest.raises((ssl.SSLError, urllib.error.URLError, ConnectionError)):
+        bootstrap_eab(server, *leaf_only)
 
 
 def test_unknown_manufacturer_cannot_get_credentials(server: NodetrustServer, tmp_path: Path) -> None:
