@@ -100,6 +100,11 @@ def render(ctx: AdminContext) -> str:
               [((), store.revocation_head())])
     out.gauge("nodetrust_feed_lag_events", "Events the slowest recent feed subscriber has "
               "not fetched yet", [((), ctx.feed.lag())])
+    writes, commits = store.commit_stats()
+    out.family("nodetrust_store_writes_total", "counter", "Writes made durable by the store's "
+               "group-commit writer", [((), writes)])
+    out.family("nodetrust_store_commits_total", "counter", "Transactions (each one fsync) "
+               "that carried those writes", [((), commits)])
     for c in ctx.telemetry.counters():
         out.counter(c)
     for h in ctx.telemetry.histograms():

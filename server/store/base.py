@@ -70,6 +70,12 @@ class StoreBase:
         if self._writer is None:
             self._writer = GroupCommitWriter(self._connect, self._bind, loop)
 
+    def commit_stats(self) -> tuple[int, int]:
+        """(writes, commits) through the group-commit writer since start: one fsync per
+        commit, so writes/commits is how many writes each fsync carried."""
+        w = self._writer
+        return (w.writes, w.batches) if w is not None else (0, 0)
+
     async def write(self, fn: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
         """Run one of this store's write methods durably without blocking the event loop."""
         if self._writer is None:

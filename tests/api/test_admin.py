@@ -305,6 +305,9 @@ async def test_metrics_agree_with_the_store_after_enrolling_and_revoking(admin: 
     assert m[key("nodetrust_finalize_duration_seconds_count")] == 2
     buckets = [v for (name, _), v in m.items() if name == "nodetrust_finalize_duration_seconds_bucket"]
     assert buckets == sorted(buckets)  # cumulative
+    writes, commits = m[key("nodetrust_store_writes_total")], m[key("nodetrust_store_commits_total")]
+    assert writes > before[key("nodetrust_store_writes_total")]  # enrolling wrote, durably
+    assert 0 < commits <= writes
 
 
 async def test_feed_subscribers_and_lag(admin: Admin) -> None:
