@@ -44,6 +44,12 @@ def _new_key(key_type: str) -> Any:
     raise ValueError(f"unknown key type {key_type}")
 
 
+_CA_KEY_USAGE = x509.KeyUsage(digital_signature=False, content_commitment=False,
+                              key_encipherment=False, data_encipherment=False,
+                              key_agreement=False, key_cert_sign=True, crl_sign=True,
+                              encipher_only=False, decipher_only=False)
+
+
 def make_manufacturer_root(name: str, *, now: datetime | None = None,
                            years: int = 20) -> tuple[x509.Certificate, Any]:
     now = now or datetime.now(timezone.utc)
@@ -56,10 +62,7 @@ def make_manufacturer_root(name: str, *, now: datetime | None = None,
             .not_valid_before(now - timedelta(minutes=5))
             .not_valid_after(now + timedelta(days=365 * years))
             .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-            .add_extension(x509.KeyUsage(digital_signature=False, content_commitment=False,
-                                         key_encipherment=False, data_encipherment=False,
-                                         key_agreement=False, key_cert_sign=True, crl_sign=True,
-                                         encipher_only=False, decipher_only=False), critical=True)
+            .add_extension(_CA_KEY_USAGE, critical=True)
             .add_extension(ski, critical=False)
             .sign(key, hashes.SHA256()))
     return cert, key
@@ -79,10 +82,7 @@ def make_manufacturer_intermediate(name: str, root: x509.Certificate, root_key: 
             .not_valid_before(now - timedelta(minutes=5))
             .not_valid_after(min(now + timedelta(days=365 * years), root.not_valid_after_utc))
             .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
-            .add_extension(x509.KeyUsage(digital_signature=False, content_commitment=False,
-                                         key_encipherment=False, data_encipherment=False,
-                                         key_agreement=False, key_cert_sign=True, crl_sign=True,
-                                         encipher_only=False, decipher_only=False), critical=True)
+            .add_extension(_CA_KEY_USAGE, critical=True)
             .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), False)
             .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(
                 root_key.public_key()), critical=False)

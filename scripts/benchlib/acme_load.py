@@ -183,14 +183,32 @@ async def poll_until(client: AcmeClient, url: str, step: str, done: str, poll: P
         delay = min(delay * 2, poll.cap)
 
 
-async def enroll(client: AcmeClient, responder: Http01Responder, name: str, poll: PollPolicy,
-                 deadline: float) -> None:
-    """One complete enrollment for `name`; raises EnrollError on any failure."""
-    reply = await client.post(client.directory["newOrder"],
-                              {"identifiers": [{"type": "dns", "value": name}]}, "newOrder")
+async def _new_order(client: AcmeClient, ident: dict[str, str]) -> tuple[dict[str, Any], str]:
+    reply = await client.post(client.directory["newOrder"], {"identifiers": [ident]}, "newOrder")
     order, order_url = reply.json("newOrder"), reply.headers.get("Location")
     if not order_url:
         raise EnrollError("newOrder:no-location", json.dumps(order)[:400])
+    return order, order_url
+
+
+async def _finalize_and_download(client: AcmeClient, order: dict[str, Any], order_url: str,
+                                 csr: str, poll: PollPolicy, deadline: float) -> None:
+    reply = await client.post(order["finalize"], {"csr": csr}, "finalize")
+    order = reply.json("finalize")
+    if order.get("status") != "valid":
+        order = await poll_until(client, order_url, "poll-order", "valid", poll, deadline)
+    cert_url = order.get("certificate")
+    if not cert_url:
+        raise EnrollError("poll-order:no-certificate", json.dumps(order)[:400])
+    cert = await client.post(cert_url, None, "certificate", accept=PEM_CHAIN)
+    if b"-----BEGIN CERTIFICATE-----" not in cert.body:
+        raise EnrollError("certificate:not-pem", cert.body[:200].decode(errors="replace"))
+
+
+async def enroll(client: AcmeClient, responder: Http01Responder, name: str, poll: PollPolicy,
+                 deadline: float) -> None:
+    """One complete enrollment for `name`; raises EnrollError on any failure."""
+    order, order_url = await _new_order(client, {"type": "dns", "value": name})
     for authz_url in order.get("authorizations", []):
         authz = (await client.post(authz_url, None, "authz")).json("authz")
         if authz.get("status") == "valid":
@@ -207,26 +225,14 @@ async def enroll(client: AcmeClient, responder: Http01Responder, name: str, poll
             await poll_until(client, authz_url, "poll-authz", "valid", poll, deadline)
         finally:
             responder.remove(token)
-    reply = await client.post(order["finalize"], {"csr": make_csr(name)}, "finalize")
-    order = reply.json("finalize")
-    if order.get("status") != "valid":
-        order = await poll_until(client, order_url, "poll-order", "valid", poll, deadline)
-    cert_url = order.get("certificate")
-    if not cert_url:
-        raise EnrollError("poll-order:no-certificate", json.dumps(order)[:400])
-    cert = await client.post(cert_url, None, "certificate", accept=PEM_CHAIN)
-    if b"-----BEGIN CERTIFICATE-----" not in cert.body:
-        raise EnrollError("certificate:not-pem", cert.body[:200].decode(errors="replace"))
+    await _finalize_and_download(client, order, order_url, make_csr(name), poll, deadline)
 
 
 async def enroll_device(client: AcmeClient, device: BenchDevice, poll: PollPolicy,
                         deadline: float) -> None:
     """One device-attest-01 enrollment of `device`; raises EnrollError on any failure."""
-    ident = {"type": "permanent-identifier", "value": device.device_id}
-    reply = await client.post(client.directory["newOrder"], {"identifiers": [ident]}, "newOrder")
-    order, order_url = reply.json("newOrder"), reply.headers.get("Location")
-    if not order_url:
-        raise EnrollError("newOrder:no-location", json.dumps(order)[:400])
+    order, order_url = await _new_order(
+        client, {"type": "permanent-identifier", "value": device.device_id})
     for authz_url in order.get("authorizations", []):
         authz = (await client.post(authz_url, None, "authz")).json("authz")
         if authz.get("status") == "valid":
@@ -245,16 +251,7 @@ async def enroll_device(client: AcmeClient, device: BenchDevice, poll: PollPolic
                               json.dumps(answered)[:400])
         if status != "valid":  # the server answers synchronously; tolerate a late one anyway
             await poll_until(client, authz_url, "poll-authz", "valid", poll, deadline)
-    reply = await client.post(order["finalize"], {"csr": make_csr(None)}, "finalize")
-    order = reply.json("finalize")
-    if order.get("status") != "valid":
-        order = await poll_until(client, order_url, "poll-order", "valid", poll, deadline)
-    cert_url = order.get("certificate")
-    if not cert_url:
-        raise EnrollError("poll-order:no-certificate", json.dumps(order)[:400])
-    cert = await client.post(cert_url, None, "certificate", accept=PEM_CHAIN)
-    if b"-----BEGIN CERTIFICATE-----" not in cert.body:
-        raise EnrollError("certificate:not-pem", cert.body[:200].decode(errors="replace"))
+    await _finalize_and_download(client, order, order_url, make_csr(None), poll, deadline)
 
 
 class _Run:
